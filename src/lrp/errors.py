@@ -1,0 +1,19 @@
+"""Exceptions raised by pytorch-lrp. Every message names the layer, op, shape or file at fault."""
+
+__all__ = ["LRPError", "UnsupportedOperationError", "NonFiniteError", "TargetError"]
+
+
+class LRPError(Exception):
+    """Base class of all errors raised by pytorch-lrp."""
+
+
+class UnsupportedOperationError(LRPError, TypeError):
+    """An operation on the path from input to output has no LRP rule (or the rule does not fit it)."""
+
+
+class NonFiniteError(LRPError, ValueError):
+    """An input, output or relevance tensor holds NaN or infinite values."""
+
+
+class TargetError(LRPError, ValueError):
+    """The requested target does not fit the model output."""

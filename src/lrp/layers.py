@@ -1,0 +1,200 @@
+"""The linear maps LRP rules act on: dense, convolution (any dimension, transposed or not) and
+parameter-free linear ops such as average pooling.
+
+A rule sees one call of such a map as a :class:`LayerCall`: the input ``x``, the output ``z``
+(bias and any folded BatchNorm included), the effective weight and bias, and the map itself, which
+can be applied to other inputs and weights (``forward``) or transposed (``transpose``):
+
+    z = forward(x, weight) + bias_view(bias)          # x: (N, C_in, *S_in), z: (N, C_out, *S_out)
+    transpose(s, weight, x) = (d forward(x, weight) / d x)ᵀ s   # s like z, result like x
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["LinearMap", "Dense", "Convolution", "ChannelAffine", "ParameterFree", "LayerCall", "stabilize", "safe_divide"]
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """Shift ``z`` away from zero by ``epsilon`` with the sign of each entry, sign(0) = +1."""
+    sign = (z >= 0).to(z.dtype) * 2 - 1
+    return z + sign * epsilon
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` with 0 wherever the denominator is exactly 0."""
+    zero = denominator == 0
+    return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1, denominator))
+
+
+class LinearMap(ABC):
+    """A linear map without its bias, applicable to any input and weight of the right shape."""
+
+    has_weight = True
+
+    @abstractmethod
+    def forward(self, x: Tensor, weight: Tensor | None) -> Tensor:
+        """The map applied to ``x`` with ``weight``, no bias."""
+
+    @abstractmethod
+    def transpose(self, s: Tensor, weight: Tensor | None, x: Tensor) -> Tensor:
+        """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape."""
+
+    def bias_view(self, bias: Tensor) -> Tensor:
+        """The bias (C_out,) reshaped to broadcast against the output."""
+        raise NotImplementedError(f"{type(self).__name__} has no bias")
+
+    def scale_output(self, weight: Tensor, scale: Tensor) -> Tensor:
+        """The weight with each output channel multiplied by ``scale`` (C_out,): BatchNorm folding."""
+        raise NotImplementedError(f"{type(self).__name__} has no weight")
+
+    def channel_dim(self, z: Tensor) -> int | None:
+        """The output's channel dimension, where a following BatchNorm could fold in; None if none."""
+        return None
+
+
+class Dense(LinearMap):
+    """``z = x @ Wᵀ`` for x (..., C_in), W (C_out, C_in)."""
+
+    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight)
+
+    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        return s @ weight
+
+    def bias_view(self, bias: Tensor) -> Tensor:
+        return bias
+
+    def scale_output(self, weight: Tensor, scale: Tensor) -> Tensor:
+        return weight * scale[:, None]
+
+    def channel_dim(self, z: Tensor) -> int | None:
+        return 1 if z.dim() == 2 else None
+
+
+@dataclass
+class Convolution(LinearMap):
+    """A 1D/2D/3D convolution or transposed convolution with explicit integer padding.
+
+    Weights are (C_out, C_in/groups, *K), or (C_in, C_out/groups, *K) when transposed.
+    """
+
+    stride: Sequence[int]
+    padding: Sequence[int]
+    dilation: Sequence[int]
+    groups: int
+    transposed: bool = False
+    output_padding: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if not self.output_padding:
+            self.output_padding = (0,) * len(self.stride)
+
+    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return torch.ops.aten.convolution(
+            x, weight, None, list(self.stride), list(self.padding), list(self.dilation),
+            self.transposed, list(self.output_padding), self.groups,
+        )
+
+    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        if x.shape[0] != s.shape[0]:  # x is a batch-1 stand-in (constant bounds); only its shape matters
+            x = x.expand(s.shape[0], *x.shape[1:])
+        return torch.ops.aten.convolution_backward(
+            s.contiguous(memory_format=_memory_format(x)), x, weight, None, list(self.stride),
+            list(self.padding), list(self.dilation), self.transposed, list(self.output_padding),
+            self.groups, [True, False, False],
+        )[0]
+
+    def bias_view(self, bias: Tensor) -> Tensor:
+        return bias.view(1, -1, *([1] * len(self.stride)))
+
+    def scale_output(self, weight: Tensor, scale: Tensor) -> Tensor:
+        spatial = [1] * len(self.stride)
+        if not self.transposed:
+            return weight * scale.view(-1, 1, *spatial)
+        c_in, c_out_per_group = weight.shape[:2]
+        grouped = weight.view(self.groups, c_in // self.groups, c_out_per_group, *weight.shape[2:])
+        grouped = grouped * scale.view(self.groups, 1, c_out_per_group, *spatial)
+        return grouped.reshape(weight.shape)
+
+    def channel_dim(self, z: Tensor) -> int | None:
+        return 1
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+class ChannelAffine(LinearMap):
+    """A per-channel scaling ``z = x * w`` (w: (C,)) on x (N, C, *S): an unfolded BatchNorm."""
+
+    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return x * self.bias_view(weight)
+
+    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        return s * self.bias_view(weight)
+
+    def bias_view(self, bias: Tensor) -> Tensor:
+        return bias.view(1, -1, *([1] * (self.dims - 2)))
+
+    def __init__(self, dims: int):
+        self.dims = dims
+
+
+class ParameterFree(LinearMap):
+    """A linear op without weights (average pooling, mean, sum), given as ``op(x)``.
+
+    Its transpose is taken with autograd, which for these ops is as cheap as the op itself.
+    """
+
+    has_weight = False
+
+    def __init__(self, op: Callable[[Tensor], Tensor]):
+        self.op = op
+
+    def forward(self, x: Tensor, weight: None = None) -> Tensor:
+        return self.op(x)
+
+    def transpose(self, s: Tensor, weight: None, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.op(leaf), leaf, s)
+        return grad
+
+
+@dataclass
+class LayerCall:
+    """One call of a linear map, as a rule sees it.
+
+    x: input (N, C_in, *S_in); z: output incl. bias (N, C_out, *S_out); weight / bias: effective
+    parameters (BatchNorm folded in); bias may be None.
+    """
+
+    linear_map: LinearMap
+    x: Tensor
+    z: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        return self.linear_map.forward(x, weight)
+
+    def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
+        return self.linear_map.transpose(s, weight, self.x)
+
+    def bias_term(self, modify: Callable[[Tensor], Tensor] | None = None) -> Tensor | float:
+        """The (modified) bias broadcastable to ``z``, or 0.0 without bias."""
+        if self.bias is None:
+            return 0.0
+        bias = self.bias if modify is None else modify(self.bias)
+        return self.linear_map.bias_view(bias)

@@ -1,0 +1,315 @@
+"""LRP rules: how one layer redistributes the relevance of its outputs onto its inputs.
+
+Every rule here is a closed-form backward for a linear layer ``z = W x + b`` (see
+:mod:`lrp.layers`): ``R_in = x ⊙ Wᵀ (R / stab(z'))`` for modified weights and pre-activations.
+Conventions, shared by every rule and equal to zennit 0.5.1 (``zennit.rules``) for the same
+parameters:
+
+- **Stabiliser.** ``stab(z) = z + ε·sign(z)`` with sign(0) = +1 (``layers.stabilize``). Only
+  :class:`Zero` divides without it, and gives 0 relevance where the denominator is exactly 0.
+- **Bias.** With ``bias=True`` (default) the bias is part of the denominator, so it absorbs its
+  share of relevance; rules that split weights into positive and negative parts split the bias the
+  same way (b⁺ goes with the positive, b⁻ with the negative part). ``bias=False`` drops the bias
+  everywhere (zennit's ``zero_params='bias'``).
+- **Negative inputs.** Rules built on positive/negative parts treat ``x⁺`` and ``x⁻`` separately:
+  a positive contribution is ``x⁺w⁺`` or ``x⁻w⁻``, a negative one ``x⁺w⁻`` or ``x⁻w⁺``.
+  When a layer's input is non-negative (after ReLU, or an image), the ``x⁻`` terms are exactly
+  zero and are skipped, which is what makes these rules cost one extra convolution.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layers import LayerCall, safe_divide, stabilize
+
+__all__ = [
+    "Rule", "Epsilon", "Zero", "Norm", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass",
+]
+
+WEIGHTED = "weighted"            # dense, convolution, unfolded BatchNorm
+PARAMETER_FREE = "parameter_free"  # average pooling, mean, sum over dimensions
+SUM = "sum"                      # element-wise sum of several tensors on the path (residuals)
+ELEMENTWISE = "elementwise"      # activations
+
+
+def _positive(t: Tensor) -> Tensor:
+    return t.clamp(min=0)
+
+
+def _negative(t: Tensor) -> Tensor:
+    return t.clamp(max=0)
+
+
+def _negative_part(x: Tensor) -> Tensor | None:
+    """``x⁻``, or None when ``x`` has no negative entry (then every ``x⁻`` term is exactly 0)."""
+    return _negative(x) if bool((x < 0).any()) else None
+
+
+class Rule:
+    """Base class: a rule computes input relevance from output relevance for one layer call."""
+
+    kinds: frozenset[str] = frozenset({WEIGHTED})
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        """Relevance of ``layer.x`` (shape of x) from the relevance of ``layer.z`` (shape of z)."""
+        raise NotImplementedError(f"{self!r} does not apply to layers")
+
+    def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
+        """``R / stab(z)`` for rules that split a sum in proportion to its terms."""
+        raise NotImplementedError(f"{self!r} does not apply to sums")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Epsilon(Rule):
+    """LRP-ε: ``R_in = x ⊙ Wᵀ (R / stab(z))`` with the layer's own output ``z``.
+
+    Costs one transposed layer, as the gradient does. ``epsilon=0`` is LRP-0 up to the sign
+    shift at exactly zero; see :class:`Zero` for the unshifted rule.
+    """
+
+    kinds = frozenset({WEIGHTED, PARAMETER_FREE, SUM})
+
+    def __init__(self, epsilon: float = 1e-6, bias: bool = True):
+        self.epsilon = epsilon
+        self.bias = bias
+
+    def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
+        return relevance / stabilize(z, self.epsilon)
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        z = layer.z if self.bias or layer.bias is None else layer.forward(layer.x, layer.weight)
+        return layer.x * layer.transpose(self.divide(relevance, z), layer.weight)
+
+
+class Zero(Epsilon):
+    """LRP-0: ``R_in = x ⊙ Wᵀ (R / z)``, no stabiliser; outputs with ``z = 0`` pass no relevance."""
+
+    def __init__(self, bias: bool = True):
+        super().__init__(epsilon=0.0, bias=bias)
+
+    def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
+        return safe_divide(relevance, z)
+
+    def __repr__(self) -> str:
+        return f"Zero(bias={self.bias!r})"
+
+
+class Norm(Epsilon):
+    """Proportional split with a small stabiliser: the rule for sums and average pooling.
+
+    The same formula as :class:`Epsilon`; the name says that ε only guards the division.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6):
+        super().__init__(epsilon=stabilizer, bias=True)
+
+    def __repr__(self) -> str:
+        return f"Norm(stabilizer={self.epsilon!r})"
+
+
+class ZPlus(Rule):
+    """z⁺: only positive contributions, ``R_in = x⁺ ⊙ W⁺ᵀ s + x⁻ ⊙ W⁻ᵀ s`` with
+    ``s = R / stab(W⁺x⁺ + W⁻x⁻ + b⁺)``. Equal to ``AlphaBeta(1, 0)``."""
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        return AlphaBeta(1.0, 0.0, self.stabilizer, self.bias).relevance(layer, relevance)
+
+
+class AlphaBeta(Rule):
+    """LRP-αβ: ``R_in = α·(positive share) − β·(negative share)``, α − β = 1, α, β ≥ 0.
+
+    The positive share uses ``s⁺ = R / stab(x⁺W⁺ + x⁻W⁻ + b⁺)``, the negative one
+    ``s⁻ = R / stab(x⁺W⁻ + x⁻W⁺ + b⁻)``. zennit applies α and β also to neurons whose inputs are
+    all of one sign, so such neurons pass on α·R (not R). ``conserve_one_sided=True`` gives those
+    neurons weight 1 instead, as the paper's code did, which keeps relevance conserved.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        stabilizer: float = 1e-6,
+        bias: bool = True,
+        conserve_one_sided: bool = False,
+    ):
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"AlphaBeta needs alpha, beta >= 0, got alpha={alpha}, beta={beta}")
+        if abs(alpha - beta - 1.0) > 1e-12:
+            raise ValueError(f"AlphaBeta needs alpha - beta = 1, got alpha={alpha}, beta={beta}")
+        self.alpha = alpha
+        self.beta = beta
+        self.stabilizer = stabilizer
+        self.bias = bias
+        self.conserve_one_sided = conserve_one_sided
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        x, weight = layer.x, layer.weight
+        w_pos, w_neg = _positive(weight), _negative(weight)
+        x_pos, x_neg = _positive(x), _negative_part(x)
+        bias = layer.bias_term if self.bias else (lambda modify=None: 0.0)
+        need_negative = self.beta != 0 or self.conserve_one_sided
+
+        positive = layer.forward(x_pos, w_pos)
+        if x_neg is not None:
+            negative_in = layer.forward(x_neg, w_neg)
+            denominator_neg = layer.forward(x_pos, w_neg) + layer.forward(x_neg, w_pos) if need_negative else None
+            positive = positive + negative_in
+        elif need_negative:  # x ≥ 0: W⁻x = (Wx) − W⁺x, no second convolution
+            denominator_neg = (layer.z - layer.bias_term()) - positive
+        denominator_pos = positive + bias(_positive)
+
+        alpha: Tensor | float = self.alpha
+        beta: Tensor | float = self.beta
+        if need_negative:
+            denominator_neg = denominator_neg + bias(_negative)
+            if self.conserve_one_sided:
+                alpha = torch.where(denominator_neg == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype))
+                beta = torch.where(denominator_pos == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype))
+        s_pos = alpha * relevance / stabilize(denominator_pos, self.stabilizer)
+        result = x_pos * layer.transpose(s_pos, w_pos)
+        if x_neg is not None:
+            result = result + x_neg * layer.transpose(s_pos, w_neg)
+        if need_negative:
+            s_neg = beta * relevance / stabilize(denominator_neg, self.stabilizer)
+            result = result - x_pos * layer.transpose(s_neg, w_neg)
+            if x_neg is not None:
+                result = result - x_neg * layer.transpose(s_neg, w_pos)
+        return result
+
+
+class Gamma(Rule):
+    """LRP-γ (generalised to signed inputs and outputs, as zennit 0.5.1).
+
+    Positive outputs (z > 0) are explained with weights ``W + γW⁺`` on ``x⁺`` and ``W + γW⁻`` on
+    ``x⁻`` (denominator with bias ``b + γb⁺``); negative outputs with the roles swapped (bias
+    ``b + γb⁻``); outputs with z = 0 pass nothing.
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, bias: bool = True):
+        if gamma < 0:
+            raise ValueError(f"Gamma needs gamma >= 0, got {gamma}")
+        self.gamma = gamma
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        gamma, x, weight = self.gamma, layer.x, layer.weight
+        w_up = weight + gamma * _positive(weight)     # weights for positive contributions to z > 0
+        w_down = weight + gamma * _negative(weight)   # weights for negative contributions to z > 0
+        x_pos, x_neg = _positive(x), _negative_part(x)
+        bias_up = layer.bias_term(lambda b: b + gamma * _positive(b)) if self.bias else 0.0
+        bias_down = layer.bias_term(lambda b: b + gamma * _negative(b)) if self.bias else 0.0
+
+        r_up = relevance * (layer.z > 0)
+        r_down = relevance * (layer.z < 0)
+        has_down = bool(r_down.any())
+        if x_neg is None:  # x ≥ 0: W'x from Wx and W⁺x, one convolution for both denominators
+            plain = layer.z - layer.bias_term()
+            positive = layer.forward(x, _positive(weight))
+            d_up = plain + gamma * positive + bias_up
+            d_down = plain + gamma * (plain - positive) + bias_down if has_down else None
+        else:
+            d_up = layer.forward(x_pos, w_up) + layer.forward(x_neg, w_down) + bias_up
+            d_down = layer.forward(x_pos, w_down) + layer.forward(x_neg, w_up) + bias_down if has_down else None
+
+        s_up = r_up / stabilize(d_up, self.stabilizer)
+        result = x_pos * layer.transpose(s_up, w_up)
+        if x_neg is not None:
+            result = result + x_neg * layer.transpose(s_up, w_down)
+        if has_down:
+            s_down = r_down / stabilize(d_down, self.stabilizer)
+            result = result + x_pos * layer.transpose(s_down, w_down)
+            if x_neg is not None:
+                result = result + x_neg * layer.transpose(s_down, w_up)
+        return result
+
+
+class ZBox(Rule):
+    """z^B for inputs bounded by ``low ≤ x ≤ high`` (the first layer on raw data).
+
+    ``R_in = x ⊙ Wᵀs − l ⊙ W⁺ᵀs − h ⊙ W⁻ᵀs`` with ``s = R / stab(Wx − W⁺l − W⁻h)``. ``low`` and
+    ``high`` are scalars, per-channel vectors (C,) or tensors broadcastable to the input.
+    """
+
+    def __init__(self, low: float | Tensor, high: float | Tensor, stabilizer: float = 1e-6, bias: bool = True):
+        self.low = low
+        self.high = high
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        x, weight = layer.x, layer.weight
+        low, high = _bound_like(self.low, x), _bound_like(self.high, x)
+        w_pos, w_neg = _positive(weight), _negative(weight)
+        z = layer.z if self.bias else layer.z - layer.bias_term()
+        lower = layer.forward(low, w_pos) + (layer.bias_term(_positive) if self.bias else 0.0)
+        upper = layer.forward(high, w_neg) + (layer.bias_term(_negative) if self.bias else 0.0)
+        s = relevance / stabilize(z - lower - upper, self.stabilizer)
+        return (x - low) * layer.transpose(s, w_pos) + (x - high) * layer.transpose(s, w_neg)
+
+
+def _bound_like(bound: float | Tensor, x: Tensor) -> Tensor:
+    """A ZBox bound as a tensor broadcast to x, with batch size 1 unless it varies per sample."""
+    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    if bound.dim() == 1 and x.dim() > 2 and bound.numel() == x.shape[1] != 1:
+        bound = bound.view(1, -1, *([1] * (x.dim() - 2)))
+    per_sample = bound.dim() == x.dim() and bound.shape[0] == x.shape[0] and x.shape[0] > 1
+    try:
+        return torch.broadcast_to(bound, x.shape if per_sample else (1, *x.shape[1:])).contiguous()
+    except RuntimeError:
+        raise ValueError(
+            f"ZBox bound of shape {tuple(bound.shape)} does not broadcast to the layer input {tuple(x.shape)}"
+        ) from None
+
+
+class Flat(Rule):
+    """Flat: relevance spread uniformly over the receptive field (all weights and inputs 1, no bias)."""
+
+    kinds = frozenset({WEIGHTED, PARAMETER_FREE})
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        ones = torch.ones_like(layer.x[:1])
+        weight = None if layer.weight is None else torch.ones_like(layer.weight)
+        s = relevance / stabilize(layer.forward(ones, weight), self.stabilizer)
+        return layer.transpose(s, weight)
+
+
+class WSquare(Rule):
+    """w²: relevance spread in proportion to the squared weights, independent of the input.
+
+    The bias is squared too (``b²`` in the denominator), as in zennit; ``bias=False`` drops it.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        squared = layer.weight ** 2
+        ones = torch.ones_like(layer.x[:1])
+        bias = layer.bias_term(torch.square) if self.bias else 0.0
+        s = relevance / stabilize(layer.forward(ones, squared) + bias, self.stabilizer)
+        return layer.transpose(s, squared)
+
+
+class Pass(Rule):
+    """Pass relevance through unchanged: the rule for element-wise activations."""
+
+    kinds = frozenset({ELEMENTWISE})
