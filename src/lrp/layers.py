@@ -18,13 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LinearMap", "Dense", "Convolution", "ChannelAffine", "ParameterFree", "LayerCall", "stabilize", "safe_divide"]
+__all__ = [
+    "LinearMap", "Dense", "Convolution", "ChannelAffine", "ParameterFree", "LayerCall", "stabilize", "divide",
+    "divide_", "safe_divide",
+]
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """Shift ``z`` away from zero by ``epsilon`` with the sign of each entry, sign(0) = +1."""
-    sign = (z >= 0).to(z.dtype) * 2 - 1
-    return z + sign * epsilon
+    """``z + ε·sign(z)`` with sign(0) = +1 (also for -0.0), as a new tensor."""
+    shift = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, shift, -shift).add_(z)
+
+
+def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """``relevance / stabilize(denominator, ε)`` as a new tensor."""
+    stabilized = stabilize(denominator, epsilon)
+    if stabilized.shape == relevance.shape and stabilized.dtype == relevance.dtype:
+        return torch.div(relevance, stabilized, out=stabilized)
+    return relevance / stabilized
+
+
+def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """:func:`divide` written into ``denominator``, a temporary of the caller shaped like
+    ``relevance``; needs only a boolean mask of extra memory (the first layers of a 3D CNN hold
+    hundreds of MB per tensor). Equal to :func:`divide` up to one rounding of ε."""
+    non_negative = denominator >= 0
+    denominator.sub_(epsilon).add_(non_negative, alpha=2 * epsilon)
+    del non_negative
+    return torch.div(relevance, denominator, out=denominator)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -44,7 +65,8 @@ class LinearMap(ABC):
 
     @abstractmethod
     def transpose(self, s: Tensor, weight: Tensor | None, x: Tensor) -> Tensor:
-        """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape."""
+        """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape.
+        Returns a new tensor that the caller may modify in place."""
 
     def bias_view(self, bias: Tensor) -> Tensor:
         """The bias (C_out,) reshaped to broadcast against the output."""
@@ -169,7 +191,7 @@ class ParameterFree(LinearMap):
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.op(leaf), leaf, s)
-        return grad
+        return grad.contiguous()  # sum / mean give an expanded view of s
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layers import LayerCall, safe_divide, stabilize
+from .layers import LayerCall, divide, divide_, safe_divide
 
 __all__ = [
     "Rule", "Epsilon", "Zero", "Norm", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass",
@@ -41,9 +41,9 @@ def _negative(t: Tensor) -> Tensor:
     return t.clamp(max=0)
 
 
-def _negative_part(x: Tensor) -> Tensor | None:
-    """``x⁻``, or None when ``x`` has no negative entry (then every ``x⁻`` term is exactly 0)."""
-    return _negative(x) if bool((x < 0).any()) else None
+def _has_negative(x: Tensor) -> bool:
+    """Whether ``x`` has a negative entry; if not, every ``x⁻`` term is exactly 0 and is skipped."""
+    return bool(torch.amin(x) < 0)
 
 
 class Rule:
@@ -84,11 +84,11 @@ class Epsilon(Rule):
         self.bias = bias
 
     def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
-        return relevance / stabilize(z, self.epsilon)
+        return divide(relevance, z, self.epsilon)
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         z = layer.z if self.bias or layer.bias is None else layer.forward(layer.x, layer.weight)
-        return layer.x * layer.transpose(self.divide(relevance, z), layer.weight)
+        return layer.transpose(self.divide(relevance, z), layer.weight).mul_(layer.x)
 
 
 class Zero(Epsilon):
@@ -159,36 +159,44 @@ class AlphaBeta(Rule):
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         x, weight = layer.x, layer.weight
         w_pos, w_neg = _positive(weight), _negative(weight)
-        x_pos, x_neg = _positive(x), _negative_part(x)
-        bias = layer.bias_term if self.bias else (lambda modify=None: 0.0)
+        signed = _has_negative(x)
+        x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         need_negative = self.beta != 0 or self.conserve_one_sided
 
         positive = layer.forward(x_pos, w_pos)
-        if x_neg is not None:
-            negative_in = layer.forward(x_neg, w_neg)
-            denominator_neg = layer.forward(x_pos, w_neg) + layer.forward(x_neg, w_pos) if need_negative else None
-            positive = positive + negative_in
-        elif need_negative:  # x ≥ 0: W⁻x = (Wx) − W⁺x, no second convolution
-            denominator_neg = (layer.z - layer.bias_term()) - positive
-        denominator_pos = positive + bias(_positive)
+        negative = None
+        if signed:
+            if need_negative:
+                negative = layer.forward(x_pos, w_neg).add_(layer.forward(x_neg, w_pos))
+            positive.add_(layer.forward(x_neg, w_neg))
+        elif need_negative:  # x ≥ 0: W⁻x = Wx − W⁺x, no second convolution
+            negative = (layer.z - layer.bias_term()).sub_(positive)
+        if self.bias:
+            positive.add_(layer.bias_term(_positive))
+            if negative is not None:
+                negative.add_(layer.bias_term(_negative))
 
         alpha: Tensor | float = self.alpha
         beta: Tensor | float = self.beta
+        if self.conserve_one_sided:  # one-sided neurons pass their relevance with weight 1
+            alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
+            beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
+        s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
+        result = layer.transpose(s_pos, w_pos).mul_(x_pos)
+        if signed:
+            result.add_(layer.transpose(s_pos, w_neg).mul_(x_neg))
+        del s_pos, positive
         if need_negative:
-            denominator_neg = denominator_neg + bias(_negative)
-            if self.conserve_one_sided:
-                alpha = torch.where(denominator_neg == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype))
-                beta = torch.where(denominator_pos == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype))
-        s_pos = alpha * relevance / stabilize(denominator_pos, self.stabilizer)
-        result = x_pos * layer.transpose(s_pos, w_pos)
-        if x_neg is not None:
-            result = result + x_neg * layer.transpose(s_pos, w_neg)
-        if need_negative:
-            s_neg = beta * relevance / stabilize(denominator_neg, self.stabilizer)
-            result = result - x_pos * layer.transpose(s_neg, w_neg)
-            if x_neg is not None:
-                result = result - x_neg * layer.transpose(s_neg, w_pos)
+            s_neg = _scaled(divide_(relevance, negative, self.stabilizer), beta)
+            result.sub_(layer.transpose(s_neg, w_neg).mul_(x_pos))
+            if signed:
+                result.sub_(layer.transpose(s_neg, w_pos).mul_(x_neg))
         return result
+
+
+def _scaled(t: Tensor, factor: Tensor | float) -> Tensor:
+    """``t · factor`` in place, skipping the exact no-op factor 1 (α = 1 in z⁺)."""
+    return t if isinstance(factor, float) and factor == 1.0 else t.mul_(factor)
 
 
 class Gamma(Rule):
@@ -207,34 +215,38 @@ class Gamma(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        gamma, x, weight = self.gamma, layer.x, layer.weight
-        w_up = weight + gamma * _positive(weight)     # weights for positive contributions to z > 0
-        w_down = weight + gamma * _negative(weight)   # weights for negative contributions to z > 0
-        x_pos, x_neg = _positive(x), _negative_part(x)
+        gamma, x, weight, z = self.gamma, layer.x, layer.weight, layer.z
+        w_up = weight + gamma * _positive(weight)     # on x⁺ for z > 0, on x⁻ for z < 0
+        w_down = weight + gamma * _negative(weight)   # on x⁻ for z > 0, on x⁺ for z < 0
+        signed = _has_negative(x)
+        x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         bias_up = layer.bias_term(lambda b: b + gamma * _positive(b)) if self.bias else 0.0
         bias_down = layer.bias_term(lambda b: b + gamma * _negative(b)) if self.bias else 0.0
 
-        r_up = relevance * (layer.z > 0)
-        r_down = relevance * (layer.z < 0)
-        has_down = bool(r_down.any())
-        if x_neg is None:  # x ≥ 0: W'x from Wx and W⁺x, one convolution for both denominators
+        r_down = torch.where(z < 0, relevance, 0.0)
+        if not bool(r_down.any()):  # ReLU networks: no relevance reaches negative outputs
+            r_down = None
+        if signed:
+            d_up = layer.forward(x_pos, w_up).add_(layer.forward(x_neg, w_down)).add_(bias_up)
+            d_down = None if r_down is None else \
+                layer.forward(x_pos, w_down).add_(layer.forward(x_neg, w_up)).add_(bias_down)
+        else:  # x ≥ 0: both denominators from Wx and W⁺x, one convolution
             plain = layer.z - layer.bias_term()
             positive = layer.forward(x, _positive(weight))
-            d_up = plain + gamma * positive + bias_up
-            d_down = plain + gamma * (plain - positive) + bias_down if has_down else None
-        else:
-            d_up = layer.forward(x_pos, w_up) + layer.forward(x_neg, w_down) + bias_up
-            d_down = layer.forward(x_pos, w_down) + layer.forward(x_neg, w_up) + bias_down if has_down else None
+            d_down = None if r_down is None else (plain * (1 + gamma)).sub_(positive, alpha=gamma).add_(bias_down)
+            d_up = positive.mul_(gamma).add_(plain).add_(bias_up)
+            del plain, positive
 
-        s_up = r_up / stabilize(d_up, self.stabilizer)
-        result = x_pos * layer.transpose(s_up, w_up)
-        if x_neg is not None:
-            result = result + x_neg * layer.transpose(s_up, w_down)
-        if has_down:
-            s_down = r_down / stabilize(d_down, self.stabilizer)
-            result = result + x_pos * layer.transpose(s_down, w_down)
-            if x_neg is not None:
-                result = result + x_neg * layer.transpose(s_down, w_up)
+        s_up = divide_(torch.where(z > 0, relevance, 0.0), d_up, self.stabilizer)
+        result = layer.transpose(s_up, w_up).mul_(x_pos)
+        if signed:
+            result.add_(layer.transpose(s_up, w_down).mul_(x_neg))
+        del s_up, d_up
+        if r_down is not None:
+            s_down = divide_(r_down, d_down, self.stabilizer)
+            result.add_(layer.transpose(s_down, w_down).mul_(x_pos))
+            if signed:
+                result.add_(layer.transpose(s_down, w_up).mul_(x_neg))
         return result
 
 
@@ -258,8 +270,8 @@ class ZBox(Rule):
         z = layer.z if self.bias else layer.z - layer.bias_term()
         lower = layer.forward(low, w_pos) + (layer.bias_term(_positive) if self.bias else 0.0)
         upper = layer.forward(high, w_neg) + (layer.bias_term(_negative) if self.bias else 0.0)
-        s = relevance / stabilize(z - lower - upper, self.stabilizer)
-        return (x - low) * layer.transpose(s, w_pos) + (x - high) * layer.transpose(s, w_neg)
+        s = divide_(relevance, (z - lower).sub_(upper), self.stabilizer)
+        return layer.transpose(s, w_pos).mul_(x - low).add_(layer.transpose(s, w_neg).mul_(x - high))
 
 
 def _bound_like(bound: float | Tensor, x: Tensor) -> Tensor:
@@ -287,8 +299,7 @@ class Flat(Rule):
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         ones = torch.ones_like(layer.x[:1])
         weight = None if layer.weight is None else torch.ones_like(layer.weight)
-        s = relevance / stabilize(layer.forward(ones, weight), self.stabilizer)
-        return layer.transpose(s, weight)
+        return layer.transpose(divide(relevance, layer.forward(ones, weight), self.stabilizer), weight)
 
 
 class WSquare(Rule):
@@ -305,8 +316,7 @@ class WSquare(Rule):
         squared = layer.weight ** 2
         ones = torch.ones_like(layer.x[:1])
         bias = layer.bias_term(torch.square) if self.bias else 0.0
-        s = relevance / stabilize(layer.forward(ones, squared) + bias, self.stabilizer)
-        return layer.transpose(s, squared)
+        return layer.transpose(divide(relevance, layer.forward(ones, squared) + bias, self.stabilizer), squared)
 
 
 class Pass(Rule):
