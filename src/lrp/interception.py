@@ -242,6 +242,7 @@ class Trace(TorchFunctionMode):
         self.fallbacks: list[str] = []
         self.normalized: dict[int, tuple[weakref.ref, Tensor, str, bool]] = {}
         self.foldable: dict[int, _Foldable] = {}
+        self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self._handles: list[Any] = []
 
     # -- context -------------------------------------------------------------------------------
@@ -332,6 +333,14 @@ class Trace(TorchFunctionMode):
                 entry.consumers += 1
                 if entry.batch_norm is not None and entry.batch_norm.producer is not None:
                     _unfold(entry, tensor)
+            superseded = self.superseded.get(key)
+            if superseded is not None and superseded() is tensor:
+                raise UnsupportedOperationError(
+                    f"{op} in {self.describe()} uses a tensor after an in-place op changed it. While "
+                    f"explaining, in-place ops run out of place (the model's tensors are never modified), "
+                    f"so use the in-place op's result (y = F.relu(x, inplace=True); x += y) instead of "
+                    f"relying on its side effect"
+                )
             normalized = self.normalized.get(key)
             if normalized is not None and normalized[0]() is tensor and not normalized[3]:
                 raise UnsupportedOperationError(
@@ -368,7 +377,10 @@ class Trace(TorchFunctionMode):
         handler = _HANDLERS.get(func)
         if handler is not None:
             self.check_consumers(path, op)
-            return handler(self, func, op, args, kwargs)
+            result = handler(self, func, op, args, kwargs)
+            if result is not args[0] and isinstance(args[0], Tensor) and _is_in_place(func, op, args, kwargs):
+                self.superseded[id(args[0])] = weakref.ref(args[0])
+            return result
         result = func(*args, **kwargs)
         if _path_tensors((result,), {}):  # metadata (x.shape, x.dim()) and comparisons pass untouched
             self.check_consumers(path, op)
@@ -584,6 +596,16 @@ def _out_of_place(func, op: str) -> Callable:
 
 
 _INPLACE_SIGNATURES: dict[Callable, inspect.Signature] = {}
+_AUGMENTED = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
+
+
+def _is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
+    """Whether the call modifies its first argument (``relu_``, ``x += y``, ``inplace=True``)."""
+    short = op.rsplit(".", 1)[-1]
+    if short in _AUGMENTED or (short.endswith("_") and not short.endswith("__")):
+        return True
+    signature = _INPLACE_SIGNATURES.get(func)
+    return signature is not None and bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
 
 
 def _call_out_of_place(func, op: str, args: tuple, kwargs: dict):
