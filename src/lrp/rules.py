@@ -169,6 +169,8 @@ class AlphaBeta(Rule):
             if need_negative:
                 negative = layer.forward(x_pos, w_neg).add_(layer.forward(x_neg, w_pos))
             positive.add_(layer.forward(x_neg, w_neg))
+        elif self.conserve_one_sided:  # exact zeros matter: one-sided neurons are found by them
+            negative = layer.forward(x, w_neg)
         elif need_negative:  # x ≥ 0: W⁻x = Wx − W⁺x, no second convolution
             negative = (layer.z - layer.bias_term()).sub_(positive)
         if self.bias:
