@@ -156,28 +156,33 @@ def _match(mapping: Mapping[type, Rule], module: nn.Module, family: type[Family]
     return None
 
 
-def _uniform(rule: Rule) -> Composite:
-    return Composite(by_type={Weighted: rule})
+def _uniform(rule: Rule, stabilizer: float) -> Composite:
+    return Composite(by_type={Weighted: rule, **_proportional(stabilizer)})
 
 
-def _conv_dense(conv: Rule, dense: Rule, first: Mapping[type, Rule] | None = None) -> Composite:
-    return Composite(by_type={Convolution: conv, Dense: dense}, first=first)
+def _conv_dense(conv: Rule, dense: Rule, stabilizer: float, first: Mapping[type, Rule] | None = None) -> Composite:
+    return Composite(by_type={Convolution: conv, Dense: dense, **_proportional(stabilizer)}, first=first)
+
+
+def _proportional(stabilizer: float) -> dict[type, Rule]:
+    """Sums and average pooling split relevance in proportion, with the composite's stabiliser."""
+    return {Pooling: Norm(stabilizer), Sum: Norm(stabilizer)}
 
 
 COMPOSITES: dict[str, Callable[..., Composite]] = {
-    "zero": lambda: _uniform(Zero()),
-    "epsilon": lambda epsilon=1e-6: _uniform(Epsilon(epsilon)),
-    "gamma": lambda gamma=0.25, stabilizer=1e-6: _uniform(Gamma(gamma, stabilizer)),
-    "alpha1-beta0": lambda stabilizer=1e-6: _uniform(AlphaBeta(1.0, 0.0, stabilizer)),
-    "alpha2-beta1": lambda stabilizer=1e-6: _uniform(AlphaBeta(2.0, 1.0, stabilizer)),
-    "z-plus": lambda stabilizer=1e-6: _uniform(ZPlus(stabilizer)),
-    "epsilon-plus": lambda epsilon=1e-6, stabilizer=1e-6: _conv_dense(ZPlus(stabilizer), Epsilon(epsilon)),
+    "zero": lambda stabilizer=1e-6: _uniform(Zero(), stabilizer),
+    "epsilon": lambda epsilon=1e-6, stabilizer=1e-6: _uniform(Epsilon(epsilon), stabilizer),
+    "gamma": lambda gamma=0.25, stabilizer=1e-6: _uniform(Gamma(gamma, stabilizer), stabilizer),
+    "alpha1-beta0": lambda stabilizer=1e-6: _uniform(AlphaBeta(1.0, 0.0, stabilizer), stabilizer),
+    "alpha2-beta1": lambda stabilizer=1e-6: _uniform(AlphaBeta(2.0, 1.0, stabilizer), stabilizer),
+    "z-plus": lambda stabilizer=1e-6: _uniform(ZPlus(stabilizer), stabilizer),
+    "epsilon-plus": lambda epsilon=1e-6, stabilizer=1e-6: _conv_dense(ZPlus(stabilizer), Epsilon(epsilon), stabilizer),
     "epsilon-plus-flat": lambda epsilon=1e-6, stabilizer=1e-6: _conv_dense(
-        ZPlus(stabilizer), Epsilon(epsilon), first={Weighted: Flat(stabilizer)}),
+        ZPlus(stabilizer), Epsilon(epsilon), stabilizer, first={Weighted: Flat(stabilizer)}),
     "epsilon-alpha2-beta1": lambda epsilon=1e-6, stabilizer=1e-6: _conv_dense(
-        AlphaBeta(2.0, 1.0, stabilizer), Epsilon(epsilon)),
+        AlphaBeta(2.0, 1.0, stabilizer), Epsilon(epsilon), stabilizer),
     "epsilon-gamma-box": lambda low, high, gamma=0.25, epsilon=1e-6, stabilizer=1e-6: _conv_dense(
-        Gamma(gamma, stabilizer), Epsilon(epsilon), first={Convolution: ZBox(low, high, stabilizer)}),
+        Gamma(gamma, stabilizer), Epsilon(epsilon), stabilizer, first={Convolution: ZBox(low, high, stabilizer)}),
 }
 """Named composites; each takes the keyword parameters shown (``epsilon-gamma-box`` needs low, high)."""
 
@@ -191,7 +196,7 @@ def resolve_composite(composite: str | Composite | Rule, **params) -> Composite:
     if isinstance(composite, Rule):
         if params:
             raise TypeError(f"parameters {sorted(params)} only apply to named composites, not to a rule")
-        return _uniform(composite)
+        return Composite(by_type={Weighted: composite})
     if not isinstance(composite, str):
         raise TypeError(f"composite must be a name, an lrp.Composite or an lrp.rules.Rule, not {type(composite).__name__}")
     key = composite.strip().lower().replace("_", "-")

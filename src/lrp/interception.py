@@ -479,13 +479,11 @@ def _convolution(transposed: bool):
             output_padding = (0,) * dims
             dilation = _tuple(_argument(args, kwargs, 5, "dilation", 1), dims)
             groups = _argument(args, kwargs, 6, "groups", 1)
-        compute = lambda: func(*args, **kwargs)  # noqa: E731
+        extra = ()
         if isinstance(padding, str):
-            x, padding = _explicit_padding(x, padding, weight.shape[2:], dilation)
-            compute = lambda: torch.ops.aten.convolution(  # noqa: E731
-                x, weight, bias, list(stride), list(padding), list(dilation), False, [0] * dims, groups)
-        linear_map = Convolution(stride, _tuple(padding, dims), dilation, groups, transposed, output_padding)
-        return _weighted(trace, op, x, linear_map, families.Convolution, weight, bias, compute)
+            padding, extra = _explicit_padding(padding, weight.shape[2:], dilation)
+        linear_map = Convolution(stride, _tuple(padding, dims), dilation, groups, transposed, output_padding, extra)
+        return _weighted(trace, op, x, linear_map, families.Convolution, weight, bias, lambda: func(*args, **kwargs))
     return handler
 
 
@@ -493,18 +491,13 @@ def _tuple(value: int | tuple, dims: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
 
 
-def _explicit_padding(x: Tensor, mode: str, kernel: tuple, dilation: tuple) -> tuple[Tensor, tuple[int, ...]]:
-    """Turn padding='valid'/'same' into integers; uneven 'same' padding pads the input first
-    (extra on the right, as PyTorch does), which autograd handles."""
+def _explicit_padding(mode: str, kernel: tuple, dilation: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """padding='valid' / 'same' as integers: (padding on both sides, extra padding on the high
+    side), the extra being 1 where 'same' needs an odd total, as in PyTorch."""
     if mode == "valid":
-        return x, (0,) * len(kernel)
+        return (0,) * len(kernel), ()
     totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    if all(t % 2 == 0 for t in totals):
-        return x, tuple(t // 2 for t in totals)
-    pads: list[int] = []
-    for total in reversed(totals):
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads), (0,) * len(kernel)
+    return tuple(t // 2 for t in totals), tuple(t % 2 for t in totals)
 
 
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)

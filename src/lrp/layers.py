@@ -68,6 +68,15 @@ class LinearMap(ABC):
         """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape.
         Returns a new tensor that the caller may modify in place."""
 
+    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
+        """``forward(a, weight_a) + forward(b, weight_b)``; maps that can run it as one layer with
+        inputs and weights stacked along the input channels override this."""
+        return self.forward(a, weight_a).add_(self.forward(b, weight_b))
+
+    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(transpose(s, weight_a), transpose(s, weight_b))``, possibly from one transposed layer."""
+        return self.transpose(s, weight_a, x), self.transpose(s, weight_b, x)
+
     def bias_view(self, bias: Tensor) -> Tensor:
         """The bias (C_out,) reshaped to broadcast against the output."""
         raise NotImplementedError(f"{type(self).__name__} has no bias")
@@ -90,6 +99,12 @@ class Dense(LinearMap):
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         return s @ weight
 
+    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
+        return F.linear(torch.cat([a, b], dim=-1), torch.cat([weight_a, weight_b], dim=1))
+
+    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (s @ torch.cat([weight_a, weight_b], dim=1)).split(weight_a.shape[1], dim=-1)
+
     def bias_view(self, bias: Tensor) -> Tensor:
         return bias
 
@@ -105,6 +120,8 @@ class Convolution(LinearMap):
     """A 1D/2D/3D convolution or transposed convolution with explicit integer padding.
 
     Weights are (C_out, C_in/groups, *K), or (C_in, C_out/groups, *K) when transposed.
+    ``extra_padding`` pads each spatial dimension by that much more on the high side (zeros), as
+    PyTorch does for ``padding='same'`` with an even kernel.
     """
 
     stride: Sequence[int]
@@ -113,25 +130,46 @@ class Convolution(LinearMap):
     groups: int
     transposed: bool = False
     output_padding: Sequence[int] = ()
+    extra_padding: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         if not self.output_padding:
             self.output_padding = (0,) * len(self.stride)
 
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        if any(self.extra_padding):
+            x = F.pad(x, [p for extra in reversed(self.extra_padding) for p in (0, extra)])
         return torch.ops.aten.convolution(
             x, weight, None, list(self.stride), list(self.padding), list(self.dilation),
             self.transposed, list(self.output_padding), self.groups,
         )
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
-        if x.shape[0] != s.shape[0]:  # x is a batch-1 stand-in (constant bounds); only its shape matters
-            x = x.expand(s.shape[0], *x.shape[1:])
-        return torch.ops.aten.convolution_backward(
+        shape = x.shape
+        if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
+            padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding)))
+            x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        result = torch.ops.aten.convolution_backward(
             s.contiguous(memory_format=_memory_format(x)), x, weight, None, list(self.stride),
             list(self.padding), list(self.dilation), self.transposed, list(self.output_padding),
             self.groups, [True, False, False],
         )[0]
+        for dim, n in enumerate(shape[2:], start=2):
+            result = result.narrow(dim, 0, n)
+        return result
+
+    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
+        if self.transposed or self.groups != 1:
+            return super().forward_pair(a, weight_a, b, weight_b)
+        return self.forward(torch.cat([a, b], dim=1), torch.cat([weight_a, weight_b], dim=1))
+
+    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.transposed or self.groups != 1:
+            return super().transpose_pair(s, weight_a, weight_b, x)
+        shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # only its shape is read
+        stand_in = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        both = self.transpose(s, torch.cat([weight_a, weight_b], dim=1), stand_in)
+        return both.split(x.shape[1], dim=1)
 
     def bias_view(self, bias: Tensor) -> Tensor:
         return bias.view(1, -1, *([1] * len(self.stride)))
@@ -213,6 +251,12 @@ class LayerCall:
 
     def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.linear_map.transpose(s, weight, self.x)
+
+    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
+        return self.linear_map.forward_pair(a, weight_a, b, weight_b)
+
+    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor) -> tuple[Tensor, Tensor]:
+        return self.linear_map.transpose_pair(s, weight_a, weight_b, self.x)
 
     def bias_term(self, modify: Callable[[Tensor], Tensor] | None = None) -> Tensor | float:
         """The (modified) bias broadcastable to ``z``, or 0.0 without bias."""

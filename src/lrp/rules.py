@@ -163,16 +163,17 @@ class AlphaBeta(Rule):
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         need_negative = self.beta != 0 or self.conserve_one_sided
 
-        positive = layer.forward(x_pos, w_pos)
         negative = None
         if signed:
+            positive = layer.forward_pair(x_pos, w_pos, x_neg, w_neg)
             if need_negative:
-                negative = layer.forward(x_pos, w_neg).add_(layer.forward(x_neg, w_pos))
-            positive.add_(layer.forward(x_neg, w_neg))
-        elif self.conserve_one_sided:  # exact zeros matter: one-sided neurons are found by them
-            negative = layer.forward(x, w_neg)
-        elif need_negative:  # x ≥ 0: W⁻x = Wx − W⁺x, no second convolution
-            negative = (layer.z - layer.bias_term()).sub_(positive)
+                negative = layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
+        else:
+            positive = layer.forward(x, w_pos)
+            if self.conserve_one_sided:  # exact zeros matter: one-sided neurons are found by them
+                negative = layer.forward(x, w_neg)
+            elif need_negative:  # W⁻x = Wx − W⁺x, no second convolution
+                negative = (layer.z - layer.bias_term()).sub_(positive)
         if self.bias:
             positive.add_(layer.bias_term(_positive))
             if negative is not None:
@@ -184,16 +185,21 @@ class AlphaBeta(Rule):
             alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
             beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
         s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
-        result = layer.transpose(s_pos, w_pos).mul_(x_pos)
-        if signed:
-            result.add_(layer.transpose(s_pos, w_neg).mul_(x_neg))
+        result = _spread(layer, s_pos, w_pos, w_neg, x_pos, x_neg)
         del s_pos, positive
         if need_negative:
             s_neg = _scaled(divide_(relevance, negative, self.stabilizer), beta)
-            result.sub_(layer.transpose(s_neg, w_neg).mul_(x_pos))
-            if signed:
-                result.sub_(layer.transpose(s_neg, w_pos).mul_(x_neg))
+            result.sub_(_spread(layer, s_neg, w_neg, w_pos, x_pos, x_neg))
         return result
+
+
+def _spread(layer: LayerCall, s: Tensor, w_for_pos: Tensor, w_for_neg: Tensor, x_pos: Tensor,
+            x_neg: Tensor | None) -> Tensor:
+    """``x⁺ ⊙ (w_for_pos)ᵀ s + x⁻ ⊙ (w_for_neg)ᵀ s``; the ``x⁻`` term only when ``x⁻`` is not None."""
+    if x_neg is None:
+        return layer.transpose(s, w_for_pos).mul_(x_pos)
+    for_pos, for_neg = layer.transpose_pair(s, w_for_pos, w_for_neg)
+    return for_pos.mul(x_pos).add_(for_neg.mul(x_neg))
 
 
 def _scaled(t: Tensor, factor: Tensor | float) -> Tensor:
@@ -229,9 +235,8 @@ class Gamma(Rule):
         if not bool(r_down.any()):  # ReLU networks: no relevance reaches negative outputs
             r_down = None
         if signed:
-            d_up = layer.forward(x_pos, w_up).add_(layer.forward(x_neg, w_down)).add_(bias_up)
-            d_down = None if r_down is None else \
-                layer.forward(x_pos, w_down).add_(layer.forward(x_neg, w_up)).add_(bias_down)
+            d_up = layer.forward_pair(x_pos, w_up, x_neg, w_down).add_(bias_up)
+            d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
         else:  # x ≥ 0: both denominators from Wx and W⁺x, one convolution
             plain = layer.z - layer.bias_term()
             positive = layer.forward(x, _positive(weight))
@@ -240,15 +245,10 @@ class Gamma(Rule):
             del plain, positive
 
         s_up = divide_(torch.where(z > 0, relevance, 0.0), d_up, self.stabilizer)
-        result = layer.transpose(s_up, w_up).mul_(x_pos)
-        if signed:
-            result.add_(layer.transpose(s_up, w_down).mul_(x_neg))
+        result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
         del s_up, d_up
         if r_down is not None:
-            s_down = divide_(r_down, d_down, self.stabilizer)
-            result.add_(layer.transpose(s_down, w_down).mul_(x_pos))
-            if signed:
-                result.add_(layer.transpose(s_down, w_up).mul_(x_neg))
+            result.add_(_spread(layer, divide_(r_down, d_down, self.stabilizer), w_down, w_up, x_pos, x_neg))
         return result
 
 
@@ -270,10 +270,12 @@ class ZBox(Rule):
         low, high = _bound_like(self.low, x), _bound_like(self.high, x)
         w_pos, w_neg = _positive(weight), _negative(weight)
         z = layer.z if self.bias else layer.z - layer.bias_term()
-        lower = layer.forward(low, w_pos) + (layer.bias_term(_positive) if self.bias else 0.0)
-        upper = layer.forward(high, w_neg) + (layer.bias_term(_negative) if self.bias else 0.0)
-        s = divide_(relevance, (z - lower).sub_(upper), self.stabilizer)
-        return layer.transpose(s, w_pos).mul_(x - low).add_(layer.transpose(s, w_neg).mul_(x - high))
+        bounds = layer.forward_pair(low, w_pos, high, w_neg)  # W⁺l + W⁻h
+        if self.bias:
+            bounds.add_(layer.bias_term(_positive)).add_(layer.bias_term(_negative))
+        s = divide_(relevance, z - bounds, self.stabilizer)
+        for_low, for_high = layer.transpose_pair(s, w_pos, w_neg)
+        return for_low.mul(x - low).add_(for_high.mul(x - high))
 
 
 def _bound_like(bound: float | Tensor, x: Tensor) -> Tensor:
