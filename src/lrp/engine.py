@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .composites import Composite, resolve_composite
-from .errors import NonFiniteError, UnsupportedOperationError
+from .errors import NonFiniteError, TargetError, UnsupportedOperationError
 from .explanation import Explanation
 from .interception import Trace
 from .restore import borrowed
@@ -53,19 +53,21 @@ class LRP:
         classes_per_input = target.shape[1] if is_multi_class(target) else 0
         if classes_per_input:
             if target.shape[0] != x.shape[0]:
-                raise ValueError(f"target of shape {tuple(target.shape)} for a batch of {x.shape[0]}")
+                raise TargetError(f"a (batch, k) target needs {x.shape[0]} rows for a batch of {x.shape[0]}, "
+                                  f"got shape {tuple(target.shape)}")
             x = x.repeat_interleave(classes_per_input, dim=0)
             target = target.reshape(-1)
         trace = Trace(self.model, self.composite, strict=self.strict, keep_layers=keep_layers)
-        with borrowed(self.model):
-            leaf = x.detach().requires_grad_(True)
-            with trace, torch.enable_grad():
-                output = self.model(leaf)
-            logits = _explained_output(trace, output)
-        if trace.fallbacks:
-            warnings.warn("LRP fell back to the gradient for: " + "; ".join(trace.fallbacks), stacklevel=2)
-        start, index = output_relevance(logits.detach(), target)
-        (relevance,) = torch.autograd.grad(logits, leaf, start)
+        with torch.inference_mode(False), torch.enable_grad():
+            with borrowed(self.model):
+                leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+                with trace:
+                    output = self.model(leaf)
+                logits = _explained_output(trace, output)
+            if trace.fallbacks:
+                warnings.warn("LRP fell back to the gradient for: " + "; ".join(trace.fallbacks), stacklevel=2)
+            start, index = output_relevance(logits.detach(), target)
+            (relevance,) = torch.autograd.grad(logits, leaf, start)
         _check_finite(relevance, trace)
         explanation = Explanation(relevance.detach(), logits.detach(), index, trace.layers, trace.rows)
         if classes_per_input:

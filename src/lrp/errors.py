@@ -7,8 +7,11 @@ class LRPError(Exception):
     """Base class of all errors raised by pytorch-lrp."""
 
 
-class UnsupportedOperationError(LRPError, TypeError):
-    """An operation on the path from input to output has no LRP rule (or the rule does not fit it)."""
+class UnsupportedOperationError(LRPError):
+    """An operation on the path from input to output has no LRP rule (or the rule does not fit it).
+
+    Not a TypeError: torch turns a TypeError raised inside ``x * y`` into ``NotImplemented``, which
+    would hide this message behind "unsupported operand type(s)"."""
 
 
 class NonFiniteError(LRPError, ValueError):

@@ -26,7 +26,7 @@ import inspect
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -129,6 +129,16 @@ class _Foldable:
     producer: _LinearRecord
     consumers: int = 0
     batch_norm: _BatchNormRecord | None = None
+
+
+class _Normalized(NamedTuple):
+    """A softmax / log-softmax / sigmoid output and the logits it was computed from."""
+
+    ref: weakref.ref
+    logits: Tensor
+    op: str
+    where: str
+    allowed_inside: bool  # sigmoid is also an activation; softmax inside the network has no rule
 
 
 class _LinearFunction(Function):
@@ -240,7 +250,8 @@ class Trace(TorchFunctionMode):
         self.rows: list[ConservationRow] = []
         self.layers: OrderedDict[str, Tensor | None] = OrderedDict()
         self.fallbacks: list[str] = []
-        self.normalized: dict[int, tuple[weakref.ref, Tensor, str, bool]] = {}
+        self.normalized: dict[int, _Normalized] = {}
+        self.pending_keep: tuple[nn.Module, str] | None = None  # leaf module called with keyword inputs
         self.foldable: dict[int, _Foldable] = {}
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self._handles: list[Any] = []
@@ -266,14 +277,17 @@ class Trace(TorchFunctionMode):
             return
         self.stack.append(module)
         if self.keep_layers and not any(True for _ in module.children()):
-            for tensor in inputs:
-                if isinstance(tensor, Tensor) and tensor.requires_grad:
-                    self._keep(self.names[id(module)], tensor)
-                    break
+            tensor = next((t for t in inputs if isinstance(t, Tensor) and t.requires_grad), None)
+            if tensor is not None:
+                self._keep(self.names[id(module)], tensor)
+            else:  # inputs given by keyword: keep what the module's first op on the path receives
+                self.pending_keep = (module, self.names[id(module)])
 
     def _leave_module(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         if self.stack[-1] is module and len(self.stack) > 1:
             self.stack.pop()
+        if self.pending_keep is not None and self.pending_keep[0] is module:
+            self.pending_keep = None
 
     def _keep(self, name: str, tensor: Tensor) -> None:
         key, n = name, 1
@@ -342,17 +356,21 @@ class Trace(TorchFunctionMode):
                     f"relying on its side effect"
                 )
             normalized = self.normalized.get(key)
-            if normalized is not None and normalized[0]() is tensor and not normalized[3]:
+            if normalized is not None and normalized.ref() is tensor and not normalized.allowed_inside:
                 raise UnsupportedOperationError(
-                    f"{normalized[2]} is used inside the network ({op} in {self.describe()}): LRP has no "
-                    f"rule for a softmax that is not the model's last op"
+                    f"{normalized.op} in {normalized.where} is used inside the network (by {op} in "
+                    f"{self.describe()}): LRP has no rule for a softmax that is not the model's last op"
                 )
+
+    def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
+        """Record a softmax-like op: explained through its logits when it is the model's last op."""
+        self.normalized[id(output)] = _Normalized(weakref.ref(output), logits, op, self.describe(), allowed_inside)
 
     def output_logits(self, output: Tensor) -> Tensor:
         """The tensor to explain: the logits when ``output`` is a final softmax / log-softmax / sigmoid."""
         normalized = self.normalized.get(id(output))
-        if normalized is not None and normalized[0]() is output:
-            return normalized[1]
+        if normalized is not None and normalized.ref() is output:
+            return normalized.logits
         return output
 
     def unsupported(self, op: str) -> None:
@@ -377,6 +395,9 @@ class Trace(TorchFunctionMode):
         handler = _HANDLERS.get(func)
         if handler is not None:
             self.check_consumers(path, op)
+            if self.pending_keep is not None and self.pending_keep[0] is self.module:
+                self._keep(self.pending_keep[1], path[0])
+                self.pending_keep = None
             result = handler(self, func, op, args, kwargs)
             if result is not args[0] and isinstance(args[0], Tensor) and _is_in_place(func, op, args, kwargs):
                 self.superseded[id(args[0])] = weakref.ref(args[0])
@@ -428,15 +449,14 @@ def _argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = N
     return kwargs.get(name, default)
 
 
-def _require_input_first(trace: Trace, op: str, args: tuple, kwargs: dict, what: str) -> Tensor:
+def _input_first(trace: Trace, op: str, args: tuple, kwargs: dict, what: str) -> Tensor | None:
+    """The op's first argument when it is the only input-dependent one; otherwise None after
+    reporting the op (an error in strict mode; the caller then falls back to the gradient)."""
     x = args[0] if args else None
-    others = [t for t in _path_tensors(args[1:], kwargs)]
-    if not isinstance(x, Tensor) or not x.requires_grad or others:
-        raise UnsupportedOperationError(
-            f"{op} in {trace.describe()}: the {what} depends on the input; LRP rules need the "
-            f"layer's parameters to be constant (an input-dependent weight, as in attention, has no rule)"
-        )
-    return x
+    if isinstance(x, Tensor) and x.requires_grad and not _path_tensors(args[1:], kwargs):
+        return x
+    trace.unsupported(f"{op} with an input-dependent {what} (as in attention)")
+    return None
 
 
 def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: type[Family],
@@ -450,13 +470,17 @@ def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: t
 
 
 def _linear(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-    x = _require_input_first(trace, op, args, kwargs, "weight")
+    x = _input_first(trace, op, args, kwargs, "weight")
+    if x is None:
+        return func(*args, **kwargs)
     weight, bias = _argument(args, kwargs, 1, "weight"), _argument(args, kwargs, 2, "bias")
     return _weighted(trace, op, x, Dense(), families.Dense, weight, bias, lambda: func(*args, **kwargs))
 
 
 def _matmul(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-    x = _require_input_first(trace, op, args, kwargs, "right-hand matrix")
+    x = _input_first(trace, op, args, kwargs, "right-hand matrix")
+    if x is None:
+        return func(*args, **kwargs)
     other = args[1]
     if other.dim() != 2:
         trace.unsupported(f"{op} with a {other.dim()}-D right-hand operand")
@@ -466,7 +490,9 @@ def _matmul(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
 
 def _convolution(transposed: bool):
     def handler(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-        x = _require_input_first(trace, op, args, kwargs, "weight")
+        x = _input_first(trace, op, args, kwargs, "weight")
+        if x is None:
+            return func(*args, **kwargs)
         weight, bias = _argument(args, kwargs, 1, "weight"), _argument(args, kwargs, 2, "bias")
         dims = weight.dim() - 2
         stride = _tuple(_argument(args, kwargs, 3, "stride", 1), dims)
@@ -507,7 +533,9 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
-    x = _require_input_first(trace, op, args, kwargs, "BatchNorm parameter")
+    x = _input_first(trace, op, args, kwargs, "BatchNorm parameter")
+    if x is None:
+        return func(*args, **kwargs)
     scale, shift = batch_norm_affine(x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"],
                                      a["training"], a["eps"])
     record = _BatchNormRecord(trace, trace.next_index(), trace.name, None, scale.detach(), shift.detach())
@@ -522,7 +550,9 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
 
 
 def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-    x = _require_input_first(trace, op, args, kwargs, "second operand")
+    x = _input_first(trace, op, args, kwargs, "second operand")
+    if x is None:
+        return func(*args, **kwargs)
     rest = args[1:]
     linear_map = ParameterFree(lambda t: func(t, *rest, **kwargs))
     record = _LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Pooling, op),
@@ -618,14 +648,14 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         return func(*args, **kwargs)
     y = _pass(x, lambda: _call_out_of_place(func, op, args, kwargs))
     if "sigmoid" in op:  # explained as the logit when it is the model's last op
-        trace.normalized[id(y)] = (weakref.ref(y), x, op, True)
+        trace.normalize(y, x, op, allowed_inside=True)
     return y
 
 
 def _normalizer(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     x = args[0] if args else kwargs.get("input")
     y = _pass(x, lambda: func(*args, **kwargs))
-    trace.normalized[id(y)] = (weakref.ref(y), x, op, False)
+    trace.normalize(y, x, op, allowed_inside=False)
     return y
 
 
@@ -675,6 +705,7 @@ _TABLE: list[tuple[str, Callable]] = [
 _HANDLERS: dict[Callable, Callable] = {
     function: handler for names, handler in _TABLE for function in _functions(names, *_NAMESPACES)
 }
+_HANDLERS.update({getattr(torch.Tensor, name).__get__: _gradient for name in ("T", "mT", "H", "mH")})
 
 for _function in _HANDLERS:
     try:

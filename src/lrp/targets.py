@@ -39,7 +39,9 @@ def output_relevance(output: Tensor, target: TargetSpec) -> tuple[Tensor, Tensor
     classes = output.shape[1]
     if target is None:
         index = output.argmax(1)
-    elif isinstance(target, int) and not isinstance(target, bool):
+    elif isinstance(target, bool):
+        raise TargetError(f"target must be a class index, not the bool {target}")
+    elif isinstance(target, int):
         index = torch.full((batch,), target, dtype=torch.long, device=output.device)
     else:
         try:
