@@ -178,7 +178,9 @@ def zennit_uniform(rule: rules.Rule, canonizers: list | None = None, stabilizer:
 
 
 _ZENNIT_COMPOSITES: dict[str, Callable[..., zcomposites.Composite]] = {
-    "zero": lambda canonizers: zennit_uniform(rules.Zero(), canonizers),
+    # LRP-0 everywhere: zennit's Norm on sums and pooling with a stabiliser too small to matter, which
+    # (like our Zero) gives 0 instead of 0/0 where a pooling window is all zeros
+    "zero": lambda canonizers: zennit_uniform(rules.Zero(), canonizers, stabilizer=1e-300),
     "epsilon": lambda canonizers, epsilon=1e-6: zennit_uniform(rules.Epsilon(epsilon), canonizers),
     "gamma": lambda canonizers, gamma=0.25, stabilizer=1e-6: zennit_uniform(
         rules.Gamma(gamma, stabilizer), canonizers, stabilizer),

@@ -170,7 +170,7 @@ def _proportional(stabilizer: float) -> dict[type, Rule]:
 
 
 COMPOSITES: dict[str, Callable[..., Composite]] = {
-    "zero": lambda stabilizer=1e-6: _uniform(Zero(), stabilizer),
+    "zero": lambda: Composite(by_type={family: Zero() for family in (Weighted, Normalization, Pooling, Sum)}),
     "epsilon": lambda epsilon=1e-6, stabilizer=1e-6: _uniform(Epsilon(epsilon), stabilizer),
     "gamma": lambda gamma=0.25, stabilizer=1e-6: _uniform(Gamma(gamma, stabilizer), stabilizer),
     "alpha1-beta0": lambda stabilizer=1e-6: _uniform(AlphaBeta(1.0, 0.0, stabilizer), stabilizer),
@@ -184,7 +184,8 @@ COMPOSITES: dict[str, Callable[..., Composite]] = {
     "epsilon-gamma-box": lambda low, high, gamma=0.25, epsilon=1e-6, stabilizer=1e-6: _conv_dense(
         Gamma(gamma, stabilizer), Epsilon(epsilon), stabilizer, first={Convolution: ZBox(low, high, stabilizer)}),
 }
-"""Named composites; each takes the keyword parameters shown (``epsilon-gamma-box`` needs low, high)."""
+"""Named composites; each takes the keyword parameters shown (``epsilon-gamma-box`` needs low, high).
+``zero`` is LRP-0 everywhere (sums, pooling and unfoldable BatchNorm too), so it conserves exactly."""
 
 
 def resolve_composite(composite: str | Composite | Rule, **params) -> Composite:
