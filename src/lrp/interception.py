@@ -102,7 +102,7 @@ class _BatchNormRecord:
     trace: "Trace"
     index: int
     name: str
-    rule: Rule | None
+    rule: Rule  # used when not folded (also when a later second use of x unfolds it)
     scale: Tensor
     shift: Tensor
     producer: _LinearRecord | None = None  # set while folded
@@ -112,8 +112,6 @@ class _BatchNormRecord:
     def backward(self, relevance: Tensor) -> Tensor:
         if self.producer is not None:
             return relevance
-        if self.rule is None:
-            raise UnsupportedOperationError(f"no rule for the BatchNorm in {self.trace.describe(self.name)}")
         layer = LayerCall(ChannelAffine(self.x.dim()), self.x, self.y, self.scale, self.shift)
         result = self.rule.relevance(layer, relevance)
         self.trace.log(self, relevance, result)
@@ -191,7 +189,7 @@ class _SumFunction(Function):
         z = terms[0]
         for term in terms[1:]:
             z = z + term
-        record.terms, record.z = terms, z
+        record.terms, record.z = terms, z.detach()  # detached: the record must not hold its own output
         ctx.record, ctx.shapes = record, [t.shape for t in tensors]
         return z
 
@@ -538,14 +536,13 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         return func(*args, **kwargs)
     scale, shift = batch_norm_affine(x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"],
                                      a["training"], a["eps"])
-    record = _BatchNormRecord(trace, trace.next_index(), trace.name, None, scale.detach(), shift.detach())
+    record = _BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op),
+                              scale.detach(), shift.detach())
     entry = trace.foldable.get(id(x))
-    if entry is not None and entry.ref() is x and entry.consumers == 1 and entry.producer.weight is not None:
+    if entry is not None and entry.ref() is x and entry.consumers == 1:  # x feeds only this BatchNorm so far
         record.producer = entry.producer
         entry.batch_norm = record
         entry.producer.folded = (record.scale, record.shift)
-    # a rule is looked up even when folded: a later second use of x unfolds the BatchNorm
-    record.rule = trace.composite.rule_for(trace.module, trace.name, families.Normalization, False)[0]
     return _BatchNormFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
