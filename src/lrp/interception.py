@@ -66,6 +66,15 @@ class ConservationRow:
         return f"{self.layer:<24} {self.op:<20} {self.rule:<48} out {out: .6g}  in {into: .6g}  absorbed {out - into: .3g}"
 
 
+class _Recomputable(NamedTuple):
+    """An element-wise activation's output, recomputable from its input: a linear op that consumes
+    it keeps the (anyway kept) pre-activation instead, so the activation's output can be freed."""
+
+    ref: weakref.ref
+    source: Tensor
+    recompute: Callable[[Tensor], Tensor]
+
+
 @dataclass(eq=False)
 class _LinearRecord:
     """One call of a linear op: what its backward needs. Tensors are detached aliases (no copies)."""
@@ -81,17 +90,19 @@ class _LinearRecord:
     x: Tensor | None = None
     z: Tensor | None = None
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
+    x_source: _Recomputable | None = None  # x is an activation's output: recomputed, not kept
 
     def layer_call(self) -> LayerCall:
         weight, bias = self.weight, self.bias
         if self.folded is not None:
             weight, bias = fold(weight, bias, *self.folded, self.linear_map.scale_output)
-        return LayerCall(self.linear_map, self.x, self.z, weight, bias)
+        x = self.x if self.x_source is None else self.x_source.recompute(self.x_source.source)
+        return LayerCall(self.linear_map, x, self.z, weight, bias)
 
     def backward(self, relevance: Tensor) -> Tensor:
         result = self.rule.relevance(self.layer_call(), relevance)
         self.trace.log(self, relevance, result)
-        self.x = self.z = None
+        self.x = self.z = self.x_source = None
         return result
 
 
@@ -143,7 +154,9 @@ class _LinearFunction(Function):
     @staticmethod
     def forward(ctx, x: Tensor, record: _LinearRecord, compute: Callable[[], Tensor]) -> Tensor:
         z = compute()
-        record.x, record.z = x.detach(), z.detach()
+        record.z = z.detach()
+        if record.x_source is None:
+            record.x = x.detach()
         ctx.record = record
         return z
 
@@ -252,6 +265,7 @@ class Trace(TorchFunctionMode):
         self.pending_keep: tuple[nn.Module, str] | None = None  # leaf module called with keyword inputs
         self.foldable: dict[int, _Foldable] = {}
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
+        self.recomputable: dict[int, _Recomputable] = {}
         self._handles: list[Any] = []
 
     # -- context -------------------------------------------------------------------------------
@@ -360,6 +374,11 @@ class Trace(TorchFunctionMode):
                     f"{self.describe()}): LRP has no rule for a softmax that is not the model's last op"
                 )
 
+    def source_of(self, x: Tensor) -> _Recomputable | None:
+        """How to recompute ``x`` when it is an activation's output (see :class:`_Recomputable`)."""
+        entry = self.recomputable.get(id(x))
+        return entry if entry is not None and entry.ref() is x else None
+
     def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
         """Record a softmax-like op: explained through its logits when it is the model's last op."""
         self.normalized[id(output)] = _Normalized(weakref.ref(output), logits, op, self.describe(), allowed_inside)
@@ -460,7 +479,7 @@ def _input_first(trace: Trace, op: str, args: tuple, kwargs: dict, what: str) ->
 def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: type[Family],
               weight: Tensor, bias: Tensor | None, compute: Callable[[], Tensor]) -> Tensor:
     record = _LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(family, op), linear_map,
-                           weight.detach(), None if bias is None else bias.detach())
+                           weight.detach(), None if bias is None else bias.detach(), x_source=trace.source_of(x))
     z = _LinearFunction.apply(x, record, compute)
     if linear_map.channel_dim(z) == 1:
         trace.foldable[id(z)] = _Foldable(weakref.ref(z), record)
@@ -553,7 +572,7 @@ def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> T
     rest = args[1:]
     linear_map = ParameterFree(lambda t: func(t, *rest, **kwargs))
     record = _LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Pooling, op),
-                           linear_map, None, None)
+                           linear_map, None, None, x_source=trace.source_of(x))
     return _LinearFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
@@ -646,6 +665,10 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     y = _pass(x, lambda: _call_out_of_place(func, op, args, kwargs))
     if "sigmoid" in op:  # explained as the logit when it is the model's last op
         trace.normalize(y, x, op, allowed_inside=True)
+    if args and args[0] is x:
+        rest = args[1:]
+        trace.recomputable[id(y)] = _Recomputable(
+            weakref.ref(y), x.detach(), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs))
     return y
 
 

@@ -10,6 +10,7 @@ can be applied to other inputs and weights (``forward``) or transposed (``transp
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,6 +23,10 @@ __all__ = [
     "LinearMap", "Dense", "Convolution", "ChannelAffine", "ParameterFree", "LayerCall", "stabilize", "divide",
     "divide_", "safe_divide",
 ]
+
+
+CHUNK_BYTES = 128 * 2**20
+"""Bound on the unfolded-input buffer of one CPU convolution run by a rule (see ``Convolution``)."""
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -139,24 +144,77 @@ class Convolution(LinearMap):
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
         if any(self.extra_padding):
             x = F.pad(x, [p for extra in reversed(self.extra_padding) for p in (0, extra)])
-        return torch.ops.aten.convolution(
-            x, weight, None, list(self.stride), list(self.padding), list(self.dilation),
-            self.transposed, list(self.output_padding), self.groups,
-        )
+        rows = self._rows_per_chunk(x, weight, self._output_length(x.shape[2], weight.shape[2]))
+        if rows is None:
+            return self._convolution(x, weight, self.padding)
+        # pad the first spatial dimension here, then convolve slabs of output rows without it
+        pad = self.padding[0]
+        x = F.pad(x, [0, 0] * (x.dim() - 3) + [pad, pad])
+        span = self.dilation[0] * (weight.shape[2] - 1) + 1
+        first = self._convolution(x.narrow(2, 0, span), weight, (0, *self.padding[1:]))
+        out = first.new_empty((first.shape[0], first.shape[1], self._output_length(x.shape[2] - 2 * pad,
+                                                                                   weight.shape[2]),
+                               *first.shape[3:]))
+        for start in range(0, out.shape[2], rows):
+            stop = min(start + rows, out.shape[2])
+            length = (stop - start - 1) * self.stride[0] + span
+            out.narrow(2, start, stop - start).copy_(self._convolution(
+                x.narrow(2, start * self.stride[0], length), weight, (0, *self.padding[1:])))
+        return out
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         shape = x.shape
-        if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
-            padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding)))
-            x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        result = torch.ops.aten.convolution_backward(
-            s.contiguous(memory_format=_memory_format(x)), x, weight, None, list(self.stride),
-            list(self.padding), list(self.dilation), self.transposed, list(self.output_padding),
-            self.groups, [True, False, False],
-        )[0]
+        padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding or [0] * len(shape[2:]))))
+        rows = self._rows_per_chunk(x, weight, s.shape[2])
+        if rows is None:
+            if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
+                x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+            result = self._convolution_backward(s, weight, x, self.padding)
+        else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension
+            pad = self.padding[0]
+            span = self.dilation[0] * (weight.shape[2] - 1) + 1
+            result = s.new_zeros((padded[0], padded[1], padded[2] + 2 * pad, *padded[3:]))
+            for start in range(0, s.shape[2], rows):
+                stop = min(start + rows, s.shape[2])
+                length = (stop - start - 1) * self.stride[0] + span
+                stand_in = torch.empty((padded[0], padded[1], length, *padded[3:]), dtype=x.dtype, device=x.device)
+                result.narrow(2, start * self.stride[0], length).add_(self._convolution_backward(
+                    s.narrow(2, start, stop - start), weight, stand_in, (0, *self.padding[1:])))
+            result = result.narrow(2, pad, padded[2])
         for dim, n in enumerate(shape[2:], start=2):
             result = result.narrow(dim, 0, n)
         return result
+
+    def _convolution(self, x: Tensor, weight: Tensor, padding: Sequence[int]) -> Tensor:
+        return torch.ops.aten.convolution(
+            x, weight, None, list(self.stride), list(padding), list(self.dilation),
+            self.transposed, list(self.output_padding), self.groups,
+        )
+
+    def _convolution_backward(self, s: Tensor, weight: Tensor, x: Tensor, padding: Sequence[int]) -> Tensor:
+        """The input gradient of the convolution for output gradient ``s``; only ``x``'s shape is read."""
+        return torch.ops.aten.convolution_backward(
+            s.contiguous(memory_format=_memory_format(x)), x, weight, None, list(self.stride),
+            list(padding), list(self.dilation), self.transposed, list(self.output_padding),
+            self.groups, [True, False, False],
+        )[0]
+
+    def _output_length(self, length: int, kernel: int) -> int:
+        """Output size along the first spatial dimension for an input of ``length`` (extra padding included)."""
+        return (length + 2 * self.padding[0] - self.dilation[0] * (kernel - 1) - 1) // self.stride[0] + 1
+
+    def _rows_per_chunk(self, x: Tensor, weight: Tensor, output_rows: int) -> int | None:
+        """Output rows per slab so that a CPU convolution's unfolded-input buffer stays under
+        ``CHUNK_BYTES`` (PyTorch's CPU 3D convolution unfolds its whole input: ~1 GB for the first
+        layer of the paper's model); None when one call is small enough or chunking does not apply."""
+        if self.transposed or x.device.type != "cpu" or output_rows < 2:
+            return None
+        out_shape = [(n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in
+                     zip(x.shape[3:], self.padding[1:], self.dilation[1:], weight.shape[3:], self.stride[1:])]
+        row_bytes = x.shape[0] * x.shape[1] * math.prod(weight.shape[2:]) * math.prod(out_shape) * x.element_size()
+        if row_bytes * output_rows <= CHUNK_BYTES:
+            return None
+        return max(1, CHUNK_BYTES // row_bytes)
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         if self.transposed or self.groups != 1:

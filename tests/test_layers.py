@@ -1,0 +1,67 @@
+"""The linear maps rules act on: chunked CPU convolutions equal one-call convolutions, and the
+transposes are the adjoints of the forwards (⟨f(x), s⟩ = ⟨x, fᵀ(s)⟩)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lrp
+from lrp import layers
+from lrp.layers import Convolution
+
+DT = torch.float64
+
+# (input shape, weight shape, stride, padding, dilation, groups, extra padding)
+CASES = {
+    "1d": ((2, 3, 29), (4, 3, 3), (2,), (1,), (1,), 1, ()),
+    "2d-strided": ((2, 3, 23, 17), (4, 3, 3, 2), (2, 1), (1, 2), (1, 1), 1, ()),
+    "2d-dilated": ((2, 4, 23, 17), (6, 2, 3, 3), (2, 2), (2, 1), (2, 1), 2, ()),
+    "2d-same-even": ((1, 3, 20, 11), (5, 3, 4, 2), (1, 1), (1, 0), (1, 1), 1, (1, 1)),
+    "3d": ((1, 2, 13, 9, 8), (3, 2, 3, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), 1, ()),
+}
+
+
+def _conv(case: str) -> tuple[Convolution, torch.Tensor, torch.Tensor]:
+    x_shape, w_shape, stride, padding, dilation, groups, extra = CASES[case]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, dtype=DT, generator=generator)
+    weight = torch.randn(w_shape, dtype=DT, generator=generator)
+    return Convolution(stride, padding, dilation, groups, False, (), extra), x, weight
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_convolution_equals_one_call(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conv, x, weight = _conv(case)
+    z = conv.forward(x, weight)
+    s = torch.randn_like(z)
+    transposed = conv.transpose(s, weight, x)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # a few output rows per slab
+    assert conv._rows_per_chunk(x, weight, z.shape[2]) is not None
+    torch.testing.assert_close(conv.forward(x, weight), z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.transpose(s, weight, x), transposed, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 600])
+@pytest.mark.parametrize("case", CASES)
+def test_transpose_is_the_adjoint_of_forward(case: str, chunk_bytes: int | None, monkeypatch) -> None:
+    conv, x, weight = _conv(case)
+    if chunk_bytes is not None:
+        monkeypatch.setattr(layers, "CHUNK_BYTES", chunk_bytes)
+    z = conv.forward(x, weight)
+    s = torch.randn_like(z)
+    assert torch.allclose((z * s).sum(), (x * conv.transpose(s, weight, x)).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "alpha2-beta1", "epsilon-gamma-box"])
+def test_explanations_do_not_depend_on_chunking(composite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(4, 6, 3),
+                          nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).double()
+    x = torch.rand(2, 1, 12, 14, 12, dtype=DT)
+    model(x)
+    params = {"low": 0.0, "high": 1.0} if composite == "epsilon-gamma-box" else {}
+    expected = lrp.explain(model, x, composite=composite, **params).relevance
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 2000)
+    torch.testing.assert_close(lrp.explain(model, x, composite=composite, **params).relevance, expected,
+                               rtol=1e-10, atol=1e-14)
