@@ -30,9 +30,10 @@ CHUNK_BYTES = 128 * 2**20
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + ε·sign(z)`` with sign(0) = +1 (also for -0.0), as a new tensor."""
+    """``z + ε·sign(z)`` with sign(0) = +1, as a new tensor. (A negative zero, -0.0, takes −ε; it
+    only arises where every contribution is zero, so it changes no relevance.)"""
     shift = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
-    return torch.where(z >= 0, shift, -shift).add_(z)
+    return torch.copysign(shift, z).add_(z)
 
 
 def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
