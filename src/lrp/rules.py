@@ -158,10 +158,11 @@ class AlphaBeta(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         x, weight = layer.x, layer.weight
-        w_pos, w_neg = _positive(weight), _negative(weight)
         signed = _has_negative(x)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         need_negative = self.beta != 0 or self.conserve_one_sided
+        w_pos = _positive(weight)
+        w_neg = _negative(weight) if signed or need_negative else None  # a copy of a large dense weight
 
         negative = None
         if signed:
@@ -193,7 +194,7 @@ class AlphaBeta(Rule):
         return result
 
 
-def _spread(layer: LayerCall, s: Tensor, w_for_pos: Tensor, w_for_neg: Tensor, x_pos: Tensor,
+def _spread(layer: LayerCall, s: Tensor, w_for_pos: Tensor, w_for_neg: Tensor | None, x_pos: Tensor,
             x_neg: Tensor | None) -> Tensor:
     """``x⁺ ⊙ (w_for_pos)ᵀ s + x⁻ ⊙ (w_for_neg)ᵀ s``; the ``x⁻`` term only when ``x⁻`` is not None."""
     if x_neg is None:
