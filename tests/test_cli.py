@@ -1,0 +1,108 @@
+"""The ``lrp`` command line and the benchmark report (no timing assertions)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lrp
+from lrp.benchmark import BASELINE, Measurement, markdown_table, methods_for, worker_environment
+from lrp.cli import main
+
+COLUMNS = ["model", "input", "method", "median time (s)", "time ÷ g×i", "median CPU (s)", "CPU ÷ g×i",
+           "extra peak memory (MiB)", "memory ÷ g×i", "ΣR / logit", "runs"]
+
+
+def _header_cells(table: str) -> list[str]:
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    return [cell.strip() for cell in header.strip("|").split("|")]
+
+
+def test_help_lists_bench(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "bench" in capsys.readouterr().out
+
+
+def test_console_script_version():
+    script = Path(sys.executable).with_name("lrp")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lrp.cli"]
+    done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"lrp {lrp.__version__}"
+
+
+def test_bench_help_documents_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--models", "--batch", "--repeats", "--methods", "--quick", "--output", "--threads"):
+        assert option in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "bench" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--batch", "0"], "--batch: expected a positive integer, got '0'"),
+    (["bench", "--batch", "1,x"], "--batch: expected a positive integer, got 'x'"),
+    (["bench", "--repeats", "-2"], "--repeats: expected a positive integer"),
+    (["bench", "--threads", "two"], "--threads: expected a positive integer"),
+    (["bench", "--models", "paper,alexnet"], "unknown model 'alexnet'; choose from paper, vgg16, resnet50"),
+    (["bench", "--methods", "epsilon,lrp-magic"], "unknown composite 'lrp-magic'"),
+    (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["benchmark"], "invalid choice: 'benchmark'"),
+])
+def test_bad_options_exit_2_with_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_methods_pair_each_composite_with_zennit():
+    assert methods_for(["epsilon", "zero"], zennit=True) == [BASELINE, "lrp:epsilon", "zennit:epsilon", "lrp:zero"]
+    assert methods_for(["epsilon"], zennit=False) == [BASELINE, "lrp:epsilon"]
+
+
+def test_workers_wait_passively_with_the_chosen_threads():
+    env = worker_environment(3)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "3"
+
+
+def test_table_ratios_are_relative_to_gradient_times_input():
+    results = [
+        Measurement("vgg16", 8, BASELINE, times=[2.0, 1.0, 3.0], cpu_times=[4.0, 4.0, 4.0], base_mib=100.0,
+                    peak_mib=150.0, sum_ratio=1.0),
+        Measurement("vgg16", 8, "lrp:epsilon", times=[2.5, 2.5, 9.0], cpu_times=[1.0, 3.0, 2.0], base_mib=100.0,
+                    peak_mib=200.0, sum_ratio=0.5),
+        Measurement("vgg16", 1, "lrp:epsilon", error="worker exited with status 9"),
+    ]
+    table = markdown_table(results)
+    assert _header_cells(table) == COLUMNS
+    rows = {line.split("|")[3].strip() + line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines()[2:]}
+    baseline = rows[BASELINE + "8×3×224×224"]
+    assert baseline[3:11] == ["2.000", "1.00", "4.000", "1.00", "50.0", "1.00", "1", "3"]
+    ours = rows["lrp:epsilon8×3×224×224"]
+    assert ours[3:11] == ["2.500", "1.25", "2.000", "0.50", "100.0", "2.00", "0.5", "3"]
+    assert "failed: worker exited with status 9" in rows["lrp:epsilon1×3×224×224"][3]
+
+
+def test_bench_quick_runs_and_prints_the_table(tmp_path, capsys):
+    output = tmp_path / "table.md"
+    status = main(["bench", "--quick", "--models", "paper", "--methods", "epsilon", "--threads", "1",
+                   "--output", str(output)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert _header_cells(captured.out) == COLUMNS
+    rows = [line for line in captured.out.splitlines() if line.startswith("| paper")]
+    assert [row.split("|")[3].strip() for row in rows] == [BASELINE, "lrp:epsilon", "zennit:epsilon"]
+    assert all("failed" not in row for row in rows)
+    assert "1×1×24×28×24" in rows[0]
+    assert "[3/3] paper batch 1 zennit:epsilon" in captured.err
+    assert output.read_text().strip() == captured.out.strip()
