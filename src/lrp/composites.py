@@ -114,6 +114,7 @@ class Composite:
         self.by_name = dict(by_name or {})
         self.first = {Weighted: first} if isinstance(first, Rule) else dict(first or {})
         self.default = default
+        self._cache: dict[tuple, tuple[Rule | None, bool]] = {}
         for where, rules in (("by_type", self.by_type.values()), ("by_name", self.by_name.values()),
                              ("first", self.first.values()), ("default", [default] if default else [])):
             for rule in rules:
@@ -127,8 +128,14 @@ class Composite:
 
         ``first`` says that no first-layer rule has been used yet in this forward pass. Returns the
         rule (None when nothing applies: the caller decides whether that is an error) and whether
-        it is the first-layer rule.
+        it is the first-layer rule. Lookups are cached by module class, name, family and ``first``.
         """
+        key = (type(module), name, family, first)
+        if key not in self._cache:
+            self._cache[key] = self._lookup(module, name, family, first)
+        return self._cache[key]
+
+    def _lookup(self, module: nn.Module, name: str, family: type[Family], first: bool) -> tuple[Rule | None, bool]:
         kind = family.kind
         if first:
             rule = _match(self.first, module, family, kind)

@@ -436,7 +436,11 @@ def _unfold(entry: _Foldable, tensor: Tensor) -> None:
 
 
 def _per_sample(t: Tensor) -> Tensor:
-    return t.detach().reshape(t.shape[0], -1).sum(1) if t.dim() > 0 else t.detach().reshape(1)
+    """Sum over all but the batch dimension, (N,), without copying non-contiguous tensors."""
+    t = t.detach()
+    if t.dim() <= 1:
+        return t.reshape(-1)
+    return t.sum(dim=tuple(range(1, t.dim())))
 
 
 def _path_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -451,9 +455,15 @@ def _path_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
     return found
 
 
+_OP_NAMES: dict[Callable, str] = {}
+
+
 def _op_name(func: Callable) -> str:
-    name = resolve_name(func)
-    return name or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    name = _OP_NAMES.get(func)
+    if name is None:
+        name = resolve_name(func) or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+        _OP_NAMES[func] = name
+    return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,7 +654,9 @@ def _is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
     if short in _AUGMENTED or (short.endswith("_") and not short.endswith("__")):
         return True
     signature = _INPLACE_SIGNATURES.get(func)
-    return signature is not None and bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
+    if signature is None or (len(args) <= 1 and not kwargs.get("inplace", False)):
+        return False
+    return bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
 
 
 def _call_out_of_place(func, op: str, args: tuple, kwargs: dict):

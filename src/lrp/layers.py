@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 
-CHUNK_BYTES = 128 * 2**20
-"""Bound on the unfolded-input buffer of one CPU convolution run by a rule (see ``Convolution``)."""
+CHUNK_BYTES = 256 * 2**20
+"""Bound on the unfolded buffer of one CPU transposed convolution run by a rule (see ``Convolution``)."""
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -145,23 +145,7 @@ class Convolution(LinearMap):
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
         if any(self.extra_padding):
             x = F.pad(x, [p for extra in reversed(self.extra_padding) for p in (0, extra)])
-        rows = self._rows_per_chunk(x, weight, self._output_length(x.shape[2], weight.shape[2]))
-        if rows is None:
-            return self._convolution(x, weight, self.padding)
-        # pad the first spatial dimension here, then convolve slabs of output rows without it
-        pad = self.padding[0]
-        x = F.pad(x, [0, 0] * (x.dim() - 3) + [pad, pad])
-        span = self.dilation[0] * (weight.shape[2] - 1) + 1
-        first = self._convolution(x.narrow(2, 0, span), weight, (0, *self.padding[1:]))
-        out = first.new_empty((first.shape[0], first.shape[1], self._output_length(x.shape[2] - 2 * pad,
-                                                                                   weight.shape[2]),
-                               *first.shape[3:]))
-        for start in range(0, out.shape[2], rows):
-            stop = min(start + rows, out.shape[2])
-            length = (stop - start - 1) * self.stride[0] + span
-            out.narrow(2, start, stop - start).copy_(self._convolution(
-                x.narrow(2, start * self.stride[0], length), weight, (0, *self.padding[1:])))
-        return out
+        return self._convolution(x, weight, self.padding)
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         shape = x.shape
@@ -200,14 +184,11 @@ class Convolution(LinearMap):
             self.groups, [True, False, False],
         )[0]
 
-    def _output_length(self, length: int, kernel: int) -> int:
-        """Output size along the first spatial dimension for an input of ``length`` (extra padding included)."""
-        return (length + 2 * self.padding[0] - self.dilation[0] * (kernel - 1) - 1) // self.stride[0] + 1
-
     def _rows_per_chunk(self, x: Tensor, weight: Tensor, output_rows: int) -> int | None:
-        """Output rows per slab so that a CPU convolution's unfolded-input buffer stays under
-        ``CHUNK_BYTES`` (PyTorch's CPU 3D convolution unfolds its whole input: ~1 GB for the first
-        layer of the paper's model); None when one call is small enough or chunking does not apply."""
+        """Output rows per slab so that the unfolded buffer of a CPU transposed convolution stays
+        under ``CHUNK_BYTES`` (PyTorch's CPU 3D convolution backward unfolds the whole output: ~1 GB
+        for the first layer of the paper's model, and slabs are no slower there); None when one call
+        is small enough or chunking does not apply."""
         if self.transposed or x.device.type != "cpu" or output_rows < 2:
             return None
         out_shape = [(n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in
