@@ -3,8 +3,9 @@
 For every (model, batch, method) a fresh Python process builds the model (random weights, fixed
 seed) and the input, then runs the explanation ``1 + repeats`` times:
 
-- one untimed warm-up run on the first sample (lazy imports, kernel selection and other one-time
-  costs of a process);
+- ``WARMUP_RUNS`` untimed warm-up runs on the whole batch (lazy imports, kernel selection, and the
+  allocator, which on Linux needs a few calls before large temporaries stop costing page faults:
+  explaining many inputs with one process is the steady state this measures);
 - ``repeats`` timed runs; the table shows the median wall time (``time.perf_counter``) and the
   median CPU time of the process (``time.process_time``, all threads). On a machine shared with
   other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
@@ -348,6 +349,9 @@ def _zennit_merge_note(model: nn.Module) -> str:
     return f"zennit SequentialMergeBatchNorm merged {len(merges)} of {total} BatchNorm layers"
 
 
+WARMUP_RUNS = 2
+
+
 def _worker(spec_json: str) -> dict:
     """Measure one configuration (see the module docstring); runs in its own process."""
     spec = json.loads(spec_json)
@@ -357,7 +361,8 @@ def _worker(spec_json: str) -> dict:
         target = model(x).argmax(1)
     method = _method(spec["method"])
     note = _zennit_merge_note(model) if spec["method"].startswith("zennit:") else ""
-    method(model, x[:1], target[:1])  # warm-up: lazy imports, kernel selection, caches
+    for _ in range(WARMUP_RUNS):  # lazy imports, kernel selection, allocator (see the module docstring)
+        method(model, x, target)
     _release_free_memory()
     base = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
     times, cpu_times = [], []
@@ -521,8 +526,8 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs "
            "share the machine when it exceeds the thread count)." if load else "."),
         "",
-        "- Each row is a fresh Python process: build model (random weights, seed 0) and input; one untimed "
-        "warm-up run on the first sample; then the timed runs (column *runs*); *median time* is their median "
+        f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; {WARMUP_RUNS} "
+        "untimed warm-up runs; then the timed runs (column *runs*); *median time* is their median "
         "wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
         "when other jobs load the machine).",
         "- *extra peak memory*: peak RSS during the first timed run (VmHWM, reset to the current RSS just "
@@ -596,7 +601,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-zennit", dest="zennit", action="store_false",
                         help="skip zennit's equivalent composites")
     parser.add_argument("--repeats", type=_positive, default=None,
-                        help="timed runs per configuration, after one warm-up run (default: 3, 2 for vgg16 with "
+                        help="timed runs per configuration, after the warm-up runs (default: 3, 2 for vgg16 with "
                              "batch > 1; 1 with --quick)")
     parser.add_argument("--threads", type=_positive, default=2,
                         help="torch intra-op threads per worker process (default: 2)")

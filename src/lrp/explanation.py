@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .interception import ConservationRow
+from .nodes import ConservationRow
 
 __all__ = ["Explanation"]
 

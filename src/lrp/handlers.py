@@ -1,0 +1,338 @@
+"""Op handlers: what each torch function on the input→output path becomes in the relevance graph.
+
+- weighted linear ops (dense, convolution, matmul with a constant) and parameter-free linear ops
+  (average pooling, mean, sum): a :class:`~lrp.nodes.LinearFunction` whose backward applies the
+  rule the composite chose for the innermost module of the model that is running;
+- BatchNorm: folded into the producing linear op when that op's output feeds only the BatchNorm,
+  otherwise explained as a per-channel affine layer;
+- sums of several input-dependent tensors: split in proportion to each term;
+- element-wise activations, scaling by constants, constant shifts: relevance passes unchanged;
+- shape, indexing, concatenation, max pooling, padding, upsampling, dropout: the gradient is the
+  correct redistribution (copying, routing, winner-takes-all), so autograd handles them as usual;
+- softmax / log-softmax at the output: the logits are explained.
+
+In-place ops run out of place, so the model's own tensors are never modified.
+"""
+from __future__ import annotations
+
+import inspect
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import resolve_name
+
+from . import composites as families
+from .canonizers import batch_norm_affine
+from .composites import Family
+from .layers import Convolution, Dense, LinearMap, ParameterFree
+from .nodes import BatchNormFunction, BatchNormRecord, Foldable, LinearFunction, LinearRecord, Recomputable, \
+    SumFunction, SumRecord, pass_through
+
+if TYPE_CHECKING:
+    from .interception import Trace
+
+__all__ = ["HANDLERS", "path_tensors", "op_name", "is_in_place"]
+
+
+def path_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
+    """The tensors among the arguments (one level of lists included) that depend on the input."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            if value.requires_grad:
+                found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, Tensor) and v.requires_grad)
+    return found
+
+
+_OP_NAMES: dict[Callable, str] = {}
+
+
+def op_name(func: Callable) -> str:
+    name = _OP_NAMES.get(func)
+    if name is None:
+        name = resolve_name(func) or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+        _OP_NAMES[func] = name
+    return name
+
+
+def _argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _input_first(trace: Trace, op: str, args: tuple, kwargs: dict, what: str) -> Tensor | None:
+    """The op's first argument when it is the only input-dependent one; otherwise None after
+    reporting the op (an error in strict mode; the caller then falls back to the gradient)."""
+    x = args[0] if args else None
+    if isinstance(x, Tensor) and x.requires_grad and not path_tensors(args[1:], kwargs):
+        return x
+    trace.unsupported(f"{op} with an input-dependent {what} (as in attention)")
+    return None
+
+
+def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: type[Family],
+              weight: Tensor, bias: Tensor | None, compute: Callable[[], Tensor]) -> Tensor:
+    record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(family, op), linear_map,
+                           weight.detach(), None if bias is None else bias.detach(), x_source=trace.source_of(x))
+    z = LinearFunction.apply(x, record, compute)
+    if linear_map.channel_dim(z) == 1:
+        trace.foldable[id(z)] = Foldable(weakref.ref(z), record)
+    return z
+
+
+def _linear(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    x = _input_first(trace, op, args, kwargs, "weight")
+    if x is None:
+        return func(*args, **kwargs)
+    weight, bias = _argument(args, kwargs, 1, "weight"), _argument(args, kwargs, 2, "bias")
+    return _weighted(trace, op, x, Dense(), families.Dense, weight, bias, lambda: func(*args, **kwargs))
+
+
+def _matmul(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    x = _input_first(trace, op, args, kwargs, "right-hand matrix")
+    if x is None:
+        return func(*args, **kwargs)
+    other = args[1]
+    if other.dim() != 2:
+        trace.unsupported(f"{op} with a {other.dim()}-D right-hand operand")
+        return func(*args, **kwargs)
+    return _weighted(trace, op, x, Dense(), families.Dense, other.t(), None, lambda: func(*args, **kwargs))
+
+
+def _convolution(transposed: bool):
+    def handler(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+        x = _input_first(trace, op, args, kwargs, "weight")
+        if x is None:
+            return func(*args, **kwargs)
+        weight, bias = _argument(args, kwargs, 1, "weight"), _argument(args, kwargs, 2, "bias")
+        dims = weight.dim() - 2
+        stride = _tuple(_argument(args, kwargs, 3, "stride", 1), dims)
+        padding = _argument(args, kwargs, 4, "padding", 0)
+        if transposed:
+            output_padding = _tuple(_argument(args, kwargs, 5, "output_padding", 0), dims)
+            groups = _argument(args, kwargs, 6, "groups", 1)
+            dilation = _tuple(_argument(args, kwargs, 7, "dilation", 1), dims)
+        else:
+            output_padding = (0,) * dims
+            dilation = _tuple(_argument(args, kwargs, 5, "dilation", 1), dims)
+            groups = _argument(args, kwargs, 6, "groups", 1)
+        extra = ()
+        if isinstance(padding, str):
+            padding, extra = _explicit_padding(padding, weight.shape[2:], dilation)
+        linear_map = Convolution(stride, _tuple(padding, dims), dilation, groups, transposed, output_padding, extra)
+        return _weighted(trace, op, x, linear_map, families.Convolution, weight, bias, lambda: func(*args, **kwargs))
+    return handler
+
+
+def _tuple(value: int | tuple, dims: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+
+
+def _explicit_padding(mode: str, kernel: tuple, dilation: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """padding='valid' / 'same' as integers: (padding on both sides, extra padding on the high
+    side), the extra being 1 where 'same' needs an odd total, as in PyTorch."""
+    if mode == "valid":
+        return (0,) * len(kernel), ()
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    return tuple(t // 2 for t in totals), tuple(t % 2 for t in totals)
+
+
+_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
+
+
+def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    x = _input_first(trace, op, args, kwargs, "BatchNorm parameter")
+    if x is None:
+        return func(*args, **kwargs)
+    scale, shift = batch_norm_affine(x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"],
+                                     a["training"], a["eps"])
+    record = BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op),
+                              scale.detach(), shift.detach())
+    entry = trace.foldable.get(id(x))
+    if entry is not None and entry.ref() is x and entry.consumers == 1:  # x feeds only this BatchNorm so far
+        record.producer = entry.producer
+        entry.batch_norm = record
+        entry.producer.folded = (record.scale, record.shift)
+    return BatchNormFunction.apply(x, record, lambda: func(*args, **kwargs))
+
+
+def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    x = _input_first(trace, op, args, kwargs, "second operand")
+    if x is None:
+        return func(*args, **kwargs)
+    rest = args[1:]
+    linear_map = ParameterFree(lambda t: func(t, *rest, **kwargs))
+    record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Pooling, op),
+                           linear_map, None, None, x_source=trace.source_of(x))
+    return LinearFunction.apply(x, record, lambda: func(*args, **kwargs))
+
+
+_SUBTRACT = {"sub", "subtract", "__sub__", "__isub__", "sub_"}
+
+
+def _sum(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
+    alpha = kwargs.get("alpha", 1)
+    short = op.rsplit(".", 1)[-1]
+    if short == "__rsub__":  # b - a
+        terms, coefficients = (a, b), (-1.0, 1.0)
+    else:
+        terms, coefficients = (a, b), (1.0, -alpha if short in _SUBTRACT else alpha)
+    on_path = [isinstance(t, Tensor) and t.requires_grad for t in terms]
+    if all(on_path):
+        record = SumRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Sum, op))
+        return SumFunction.apply(record, coefficients, *terms)
+    x = terms[on_path.index(True)]
+    constant = terms[on_path.index(False)]
+    coefficient_x = coefficients[on_path.index(True)]
+    coefficient_c = coefficients[on_path.index(False)]
+    return pass_through(x, lambda: x * coefficient_x + constant * coefficient_c
+                 if coefficient_x != 1 or coefficient_c != 1 else x + constant)
+
+
+_DIVIDE = {"div", "divide", "true_divide", "__truediv__", "__itruediv__", "div_"}
+
+
+def _scale(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    short = op.rsplit(".", 1)[-1]
+    if short in ("neg", "negative", "__neg__"):
+        x = args[0]
+        return pass_through(x, lambda: -x)
+    a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
+    on_path = [isinstance(t, Tensor) and t.requires_grad for t in (a, b)]
+    if all(on_path) or (short in _DIVIDE and on_path[1]):
+        trace.unsupported(f"{op} of two input-dependent tensors")
+        return func(*args, **kwargs)
+    if kwargs.get("rounding_mode") is not None:
+        trace.unsupported(f"{op} with rounding_mode")
+        return func(*args, **kwargs)
+    x, factor = (a, b) if on_path[0] else (b, a)
+    if short in _DIVIDE:
+        return pass_through(x, lambda: x / factor)
+    mask = (factor != 0) if isinstance(factor, Tensor) else (None if factor != 0 else torch.zeros((), dtype=x.dtype))
+    mask = mask.to(x.dtype) if isinstance(mask, Tensor) else mask
+    return pass_through(x, lambda: x * factor, mask)
+
+
+def _out_of_place(func, op: str) -> Callable:
+    """The out-of-place version of an in-place op (``relu_`` -> ``relu``; ``inplace=True`` -> False)."""
+    short = op.rsplit(".", 1)[-1]
+    if short.endswith("_") and not short.endswith("__"):
+        owner = torch.Tensor if op.startswith("torch.Tensor.") else torch
+        plain = getattr(owner, short[:-1], None)
+        if plain is not None:
+            return plain
+    return func
+
+
+_INPLACE_SIGNATURES: dict[Callable, inspect.Signature] = {}
+_AUGMENTED = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
+
+
+def is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
+    """Whether the call modifies its first argument (``relu_``, ``x += y``, ``inplace=True``)."""
+    short = op.rsplit(".", 1)[-1]
+    if short in _AUGMENTED or (short.endswith("_") and not short.endswith("__")):
+        return True
+    signature = _INPLACE_SIGNATURES.get(func)
+    if signature is None or (len(args) <= 1 and not kwargs.get("inplace", False)):
+        return False
+    return bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
+
+
+def _call_out_of_place(func, op: str, args: tuple, kwargs: dict):
+    func = _out_of_place(func, op)
+    signature = _INPLACE_SIGNATURES.get(func)
+    if signature is not None:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["inplace"] = False
+        return func(*bound.args, **bound.kwargs)
+    return func(*args, **kwargs)
+
+
+def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    x = args[0] if args else kwargs.get("input")
+    if not (isinstance(x, Tensor) and x.requires_grad) or len(path_tensors(args, kwargs)) > 1:
+        trace.unsupported(f"{op} with an input-dependent parameter")
+        return func(*args, **kwargs)
+    y = pass_through(x, lambda: _call_out_of_place(func, op, args, kwargs))
+    if "sigmoid" in op:  # explained as the logit when it is the model's last op
+        trace.normalize(y, x, op, allowed_inside=True)
+    if args and args[0] is x:
+        rest = args[1:]
+        trace.recomputable[id(y)] = Recomputable(
+            weakref.ref(y), weakref.ref(x), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs))
+    return y
+
+
+def _normalizer(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
+    x = args[0] if args else kwargs.get("input")
+    y = pass_through(x, lambda: func(*args, **kwargs))
+    trace.normalize(y, x, op, allowed_inside=False)
+    return y
+
+
+def _gradient(trace: Trace, func, op: str, args: tuple, kwargs: dict):
+    return _call_out_of_place(func, op, args, kwargs)
+
+
+def _functions(names: str, *owners) -> list[Callable]:
+    found = []
+    for owner in owners:
+        for name in names.split():
+            function = getattr(owner, name, None)
+            if function is not None and function not in found:
+                found.append(function)
+    return found
+
+
+_NAMESPACES = (torch, torch.Tensor, F, torch._C._nn)
+
+_TABLE: list[tuple[str, Callable]] = [
+    ("linear", _linear),
+    ("matmul mm __matmul__", _matmul),
+    ("conv1d conv2d conv3d", _convolution(False)),
+    ("conv_transpose1d conv_transpose2d conv_transpose3d", _convolution(True)),
+    ("batch_norm", _batch_norm),
+    ("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean sum",
+     _parameter_free),
+    ("add __add__ __radd__ __iadd__ add_ sub subtract __sub__ __rsub__ __isub__ sub_", _sum),
+    ("mul multiply __mul__ __rmul__ __imul__ mul_ div divide true_divide __truediv__ __itruediv__ div_ neg "
+     "negative __neg__", _scale),
+    ("relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_ gelu silu mish sigmoid sigmoid_ "
+     "tanh tanh_ softplus hardtanh hardtanh_ hardswish hardsigmoid logsigmoid softsign tanhshrink threshold "
+     "threshold_ prelu rrelu rrelu_ clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_ "
+     "hardshrink softshrink", _activation),
+    ("softmax log_softmax", _normalizer),
+    ("view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes swapdims movedim "
+     "squeeze unsqueeze contiguous clone cat concat concatenate stack hstack vstack split split_with_sizes "
+     "tensor_split chunk unbind narrow select index_select __getitem__ expand expand_as repeat tile flip roll "
+     "to type float double half bfloat16 cpu cuda max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
+     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
+     "adaptive_max_pool3d adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices "
+     "adaptive_max_pool3d_with_indices pad constant_pad_nd interpolate upsample upsample_nearest "
+     "upsample_bilinear pixel_shuffle pixel_unshuffle dropout dropout1d dropout2d dropout3d alpha_dropout "
+     "feature_alpha_dropout amax max maximum", _gradient),
+]
+
+HANDLERS: dict[Callable, Callable] = {
+    function: handler for names, handler in _TABLE for function in _functions(names, *_NAMESPACES)
+}
+HANDLERS.update({getattr(torch.Tensor, name).__get__: _gradient for name in ("T", "mT", "H", "mH")})
+
+for _function in HANDLERS:
+    try:
+        _signature = inspect.signature(_function)
+    except (TypeError, ValueError):
+        continue
+    if "inplace" in _signature.parameters:
+        _INPLACE_SIGNATURES[_function] = _signature

@@ -1,0 +1,236 @@
+"""The relevance graph's nodes: one autograd Function per kind of op, whose backward is the rule.
+
+A node keeps what its rule needs as detached aliases (no copies) in a record, and frees them once
+its backward has run. Records also feed the conservation table (:class:`ConservationRow`).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+from torch import Tensor
+from torch.autograd import Function
+
+from .canonizers import fold
+from .layers import ChannelAffine, LayerCall, LinearMap
+from .rules import Rule
+
+if TYPE_CHECKING:
+    from .interception import Trace
+
+__all__ = [
+    "ConservationRow", "Recomputable", "LinearRecord", "BatchNormRecord", "Foldable", "Normalized", "LinearFunction",
+    "BatchNormFunction", "SumRecord", "SumFunction", "PassFunction", "pass_through", "unfold", "per_sample",
+]
+
+
+@dataclass
+class ConservationRow:
+    """Relevance entering and leaving one explained op, per sample (shape (N,))."""
+
+    index: int
+    layer: str
+    op: str
+    rule: str
+    relevance_out: Tensor
+    relevance_in: Tensor
+
+    @property
+    def absorbed(self) -> Tensor:
+        """Relevance absorbed by the bias and the stabiliser (out − in), per sample."""
+        return self.relevance_out - self.relevance_in
+
+    def __str__(self) -> str:
+        out, into = self.relevance_out.sum().item(), self.relevance_in.sum().item()
+        return f"{self.layer:<24} {self.op:<20} {self.rule:<48} out {out: .6g}  in {into: .6g}  absorbed {out - into: .3g}"
+
+
+class Recomputable(NamedTuple):
+    """An element-wise activation's output, recomputable from its input: a linear op that consumes
+    it keeps the (anyway kept) pre-activation instead, so the activation's output can be freed.
+    Both tensors are held weakly: the trace keeps nothing alive."""
+
+    ref: weakref.ref
+    source: weakref.ref
+    recompute: Callable[[Tensor], Tensor]
+
+
+@dataclass(eq=False)
+class LinearRecord:
+    """One call of a linear op: what its backward needs. Tensors are detached aliases (no copies)."""
+
+    trace: "Trace"
+    index: int
+    name: str
+    op: str
+    rule: Rule
+    linear_map: LinearMap
+    weight: Tensor | None
+    bias: Tensor | None
+    x: Tensor | None = None
+    z: Tensor | None = None
+    folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
+    x_source: tuple[Tensor, Callable[[Tensor], Tensor]] | None = None  # x = f(source), recomputed, not kept
+
+    def layer_call(self) -> LayerCall:
+        weight, bias = self.weight, self.bias
+        if self.folded is not None:
+            weight, bias = fold(weight, bias, *self.folded, self.linear_map.scale_output)
+        x = self.x if self.x_source is None else self.x_source[1](self.x_source[0])
+        return LayerCall(self.linear_map, x, self.z, weight, bias)
+
+    def backward(self, relevance: Tensor) -> Tensor:
+        result = self.rule.relevance(self.layer_call(), relevance)
+        self.trace.log(self, relevance, result)
+        self.x = self.z = self.x_source = None
+        return result
+
+
+@dataclass(eq=False)
+class BatchNormRecord:
+    """One BatchNorm call: folded into ``producer`` or explained as a per-channel affine layer."""
+
+    trace: "Trace"
+    index: int
+    name: str
+    rule: Rule  # used when not folded (also when a later second use of x unfolds it)
+    scale: Tensor
+    shift: Tensor
+    producer: LinearRecord | None = None  # set while folded
+    x: Tensor | None = None
+    y: Tensor | None = None
+
+    def backward(self, relevance: Tensor) -> Tensor:
+        if self.producer is not None:
+            return relevance
+        layer = LayerCall(ChannelAffine(self.x.dim()), self.x, self.y, self.scale, self.shift)
+        result = self.rule.relevance(layer, relevance)
+        self.trace.log(self, relevance, result)
+        self.x = self.y = None
+        return result
+
+
+@dataclass(eq=False)
+class Foldable:
+    """A linear op's output that a BatchNorm may fold into, with its consumers so far."""
+
+    ref: weakref.ref
+    producer: LinearRecord
+    consumers: int = 0
+    batch_norm: BatchNormRecord | None = None
+
+
+class Normalized(NamedTuple):
+    """A softmax / log-softmax / sigmoid output and the logits it was computed from."""
+
+    ref: weakref.ref
+    logits: Tensor
+    op: str
+    where: str
+    allowed_inside: bool  # sigmoid is also an activation; softmax inside the network has no rule
+
+
+class LinearFunction(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, record: LinearRecord, compute: Callable[[], Tensor]) -> Tensor:
+        z = compute()
+        record.z = z.detach()
+        if record.x_source is None:
+            record.x = x.detach()
+        ctx.record = record
+        return z
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        return ctx.record.backward(relevance), None, None
+
+
+class BatchNormFunction(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, record: BatchNormRecord, compute: Callable[[], Tensor]) -> Tensor:
+        y = compute()
+        record.y = y.detach()
+        if record.producer is not None:
+            record.producer.z = record.y
+        else:
+            record.x = x.detach()
+        ctx.record = record
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        return ctx.record.backward(relevance), None, None
+
+
+@dataclass(eq=False)
+class SumRecord:
+    trace: "Trace"
+    index: int
+    name: str
+    op: str
+    rule: Rule
+    terms: list[Tensor] = field(default_factory=list)
+    z: Tensor | None = None
+
+
+class SumFunction(Function):
+    """z = Σ cᵢ·tᵢ over input-dependent tensors; relevance split in proportion to each term."""
+
+    @staticmethod
+    def forward(ctx, record: SumRecord, coefficients: tuple[float, ...], *tensors: Tensor) -> Tensor:
+        terms = [t.detach() * c if c != 1 else t.detach() for t, c in zip(tensors, coefficients)]
+        z = terms[0]
+        for term in terms[1:]:
+            z = z + term
+        record.terms, record.z = terms, z.detach()  # detached: the record must not hold its own output
+        ctx.record, ctx.shapes = record, [t.shape for t in tensors]
+        return z
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        record = ctx.record
+        s = record.rule.divide(relevance, record.z)
+        shares = [(term * s).sum_to_size(shape) for term, shape in zip(record.terms, ctx.shapes)]
+        record.trace.log(record, relevance, shares)
+        record.terms, record.z = [], None
+        return (None, None, *shares)
+
+
+class PassFunction(Function):
+    """Relevance passes unchanged (summed over broadcast copies), optionally masked."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, compute: Callable[[], Tensor], mask: Tensor | None) -> Tensor:
+        ctx.shape, ctx.mask = x.shape, mask
+        return compute()
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        if ctx.mask is not None:
+            relevance = relevance * ctx.mask
+        if relevance.shape != ctx.shape:
+            relevance = relevance.sum_to_size(ctx.shape)
+        return relevance, None, None
+
+
+def pass_through(x: Tensor, compute: Callable[[], Tensor], mask: Tensor | None = None) -> Tensor:
+    return PassFunction.apply(x, compute, mask)
+
+
+
+def unfold(entry: Foldable, tensor: Tensor) -> None:
+    """The pre-BatchNorm tensor has a second consumer: explain both layers separately."""
+    batch_norm, producer = entry.batch_norm, entry.producer
+    batch_norm.producer = None
+    batch_norm.x = tensor.detach()
+    producer.folded = None
+    producer.z = tensor.detach()
+
+
+def per_sample(t: Tensor) -> Tensor:
+    """Sum over all but the batch dimension, (N,), without copying non-contiguous tensors."""
+    t = t.detach()
+    if t.dim() <= 1:
+        return t.reshape(-1)
+    return t.sum(dim=tuple(range(1, t.dim())))
