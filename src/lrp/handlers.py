@@ -28,8 +28,8 @@ from . import composites as families
 from .canonizers import batch_norm_affine
 from .composites import Family
 from .layers import Convolution, Dense, LinearMap, ParameterFree
-from .nodes import BatchNormFunction, BatchNormRecord, Foldable, LinearFunction, LinearRecord, Recomputable, \
-    SumFunction, SumRecord, pass_through
+from .nodes import BatchNormFunction, BatchNormRecord, Foldable, LinearFunction, LinearRecord, MaxPoolFunction, \
+    Recomputable, SumFunction, SumRecord, pass_through
 
 if TYPE_CHECKING:
     from .interception import Trace
@@ -176,6 +176,23 @@ def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> T
     return LinearFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
+def _max_pool(dims: int):
+    def handler(trace: Trace, func, op: str, args: tuple, kwargs: dict):
+        x = _input_first(trace, op, args, kwargs, "pooling parameter")
+        if x is None:
+            return func(*args, **kwargs)
+        kernel = _tuple(_argument(args, kwargs, 1, "kernel_size"), dims)
+        stride = _argument(args, kwargs, 2, "stride", None)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _tuple(stride, dims)
+        padding = _tuple(_argument(args, kwargs, 3, "padding", 0), dims)
+        dilation = _tuple(_argument(args, kwargs, 4, "dilation", 1), dims)
+        ceil_mode = bool(_argument(args, kwargs, 5, "ceil_mode", False))
+        return_indices = op.endswith("_with_indices") or bool(_argument(args, kwargs, 6, "return_indices", False))
+        out, indices = MaxPoolFunction.apply(x, dims, kernel, stride, padding, dilation, ceil_mode)
+        return (out, indices) if return_indices else out
+    return handler
+
+
 _SUBTRACT = {"sub", "subtract", "__sub__", "__isub__", "sub_"}
 
 
@@ -270,7 +287,7 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     if args and args[0] is x:
         rest = args[1:]
         trace.recomputable[id(y)] = Recomputable(
-            weakref.ref(y), weakref.ref(x), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs))
+            weakref.ref(y), x.detach(), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs))
     return y
 
 
@@ -313,11 +330,12 @@ _TABLE: list[tuple[str, Callable]] = [
      "threshold_ prelu rrelu rrelu_ clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_ "
      "hardshrink softshrink", _activation),
     ("softmax log_softmax", _normalizer),
+    ("max_pool2d max_pool2d_with_indices", _max_pool(2)),
+    ("max_pool3d max_pool3d_with_indices", _max_pool(3)),
     ("view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes swapdims movedim "
      "squeeze unsqueeze contiguous clone cat concat concatenate stack hstack vstack split split_with_sizes "
      "tensor_split chunk unbind narrow select index_select __getitem__ expand expand_as repeat tile flip roll "
-     "to type float double half bfloat16 cpu cuda max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
-     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
+     "to type float double half bfloat16 cpu cuda max_pool1d max_pool1d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
      "adaptive_max_pool3d adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices "
      "adaptive_max_pool3d_with_indices pad constant_pad_nd interpolate upsample upsample_nearest "
      "upsample_bilinear pixel_shuffle pixel_unshuffle dropout dropout1d dropout2d dropout3d alpha_dropout "

@@ -164,12 +164,9 @@ class Trace(TorchFunctionMode):
 
     def source_of(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
         """``(source, recompute)`` with ``x = recompute(source)`` when ``x`` is an activation's output
-        whose input is still alive (see :class:`~lrp.nodes.Recomputable`), else None."""
+        (see :class:`~lrp.nodes.Recomputable`), else None."""
         entry = self.recomputable.get(id(x))
-        if entry is None or entry.ref() is not x:
-            return None
-        source = entry.source()
-        return None if source is None else (source.detach(), entry.recompute)
+        return (entry.source, entry.recompute) if entry is not None and entry.ref() is x else None
 
     def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
         """Record a softmax-like op: explained through its logits when it is the model's last op."""

@@ -9,6 +9,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
+import torch
 from torch import Tensor
 from torch.autograd import Function
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConservationRow", "Recomputable", "LinearRecord", "BatchNormRecord", "Foldable", "Normalized", "LinearFunction",
-    "BatchNormFunction", "SumRecord", "SumFunction", "PassFunction", "pass_through", "unfold", "per_sample",
+    "BatchNormFunction", "SumRecord", "SumFunction", "PassFunction", "MaxPoolFunction", "pass_through", "unfold", "per_sample",
 ]
 
 
@@ -48,11 +49,11 @@ class ConservationRow:
 
 class Recomputable(NamedTuple):
     """An element-wise activation's output, recomputable from its input: a linear op that consumes
-    it keeps the (anyway kept) pre-activation instead, so the activation's output can be freed.
-    Both tensors are held weakly: the trace keeps nothing alive."""
+    it keeps the pre-activation (a detached alias; usually kept anyway by the op that produced it)
+    instead, so the activation's output can be freed."""
 
     ref: weakref.ref
-    source: weakref.ref
+    source: Tensor
     recompute: Callable[[Tensor], Tensor]
 
 
@@ -212,6 +213,33 @@ class PassFunction(Function):
         if relevance.shape != ctx.shape:
             relevance = relevance.sum_to_size(ctx.shape)
         return relevance, None, None
+
+
+class MaxPoolFunction(Function):
+    """Max pooling, winner takes all: the gradient, but keeping only the indices, not the input
+    that autograd's own max pooling keeps (with in-place ReLUs, the only copy of that activation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dims: int, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+                ceil_mode: bool):
+        pool = torch.ops.aten.max_pool2d_with_indices if dims == 2 else torch.ops.aten.max_pool3d_with_indices
+        out, indices = pool(x, kernel, stride, padding, dilation, ceil_mode)
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.pool = (dims, kernel, stride, padding, dilation, ceil_mode)
+        ctx.input = (x.shape, x.stride(), x.dtype, x.device)
+        return out, indices
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor, _):
+        (indices,) = ctx.saved_tensors
+        dims, kernel, stride, padding, dilation, ceil_mode = ctx.pool
+        shape, strides, dtype, device = ctx.input
+        stand_in = torch.empty_strided(shape, strides, dtype=dtype, device=device)  # only its layout is read
+        backward = torch.ops.aten.max_pool2d_with_indices_backward if dims == 2 else \
+            torch.ops.aten.max_pool3d_with_indices_backward
+        return (backward(relevance, stand_in, kernel, stride, padding, dilation, ceil_mode, indices),
+                None, None, None, None, None, None)
 
 
 def pass_through(x: Tensor, compute: Callable[[], Tensor], mask: Tensor | None = None) -> Tensor:
