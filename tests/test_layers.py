@@ -65,3 +65,14 @@ def test_explanations_do_not_depend_on_chunking(composite: str, monkeypatch: pyt
     monkeypatch.setattr(layers, "CHUNK_BYTES", 2000)
     torch.testing.assert_close(lrp.explain(model, x, composite=composite, **params).relevance, expected,
                                rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stacked_transpose_sum_equals_separate_transposes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conv, x, weight = _conv(case)
+    other = torch.randn_like(weight)
+    s = torch.randn_like(conv.forward(x, weight))
+    t = torch.randn_like(s)
+    expected = conv.transpose(s, weight, x) + conv.transpose(t, other, x)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # slabs: the pairs are stacked into one call per slab
+    torch.testing.assert_close(conv.transpose_sum([(s, weight), (t, other)], x), expected, rtol=1e-12, atol=1e-12)

@@ -74,6 +74,14 @@ class LinearMap(ABC):
         """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape.
         Returns a new tensor that the caller may modify in place."""
 
+    def transpose_sum(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+        """``Σ transpose(s, weight)`` over the (s, weight) pairs; a convolution run in slabs stacks
+        the pairs slab by slab into one transposed layer."""
+        result = self.transpose(*pairs[0], x)
+        for s, weight in pairs[1:]:
+            result.add_(self.transpose(s, weight, x))
+        return result
+
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         """``forward(a, weight_a) + forward(b, weight_b)``; maps that can run it as one layer with
         inputs and weights stacked along the input channels override this."""
@@ -148,6 +156,10 @@ class Convolution(LinearMap):
         return self._convolution(x, weight, self.padding)
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        return self.transpose_sum([(s, weight)], x)
+
+    def transpose_sum(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+        s, weight = pairs[0]
         shape = x.shape
         padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding or [0] * len(shape[2:]))))
         rows = self._rows_per_chunk(x, weight, s.shape[2])
@@ -155,7 +167,11 @@ class Convolution(LinearMap):
             if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
                 x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
             result = self._convolution_backward(s, weight, x, self.padding)
-        else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension
+            for s, weight in pairs[1:]:
+                result.add_(self._convolution_backward(s, weight, x, self.padding))
+        else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension;
+            # several pairs are stacked along the output channels slab by slab (one call, little memory)
+            stacked = torch.cat([w for _, w in pairs]) if len(pairs) > 1 and self.groups == 1 else None
             pad = self.padding[0]
             span = self.dilation[0] * (weight.shape[2] - 1) + 1
             result = s.new_zeros((padded[0], padded[1], padded[2] + 2 * pad, *padded[3:]))
@@ -163,8 +179,12 @@ class Convolution(LinearMap):
                 stop = min(start + rows, s.shape[2])
                 length = (stop - start - 1) * self.stride[0] + span
                 stand_in = torch.empty((padded[0], padded[1], length, *padded[3:]), dtype=x.dtype, device=x.device)
-                result.narrow(2, start * self.stride[0], length).add_(self._convolution_backward(
-                    s.narrow(2, start, stop - start), weight, stand_in, (0, *self.padding[1:])))
+                canvas = result.narrow(2, start * self.stride[0], length)
+                slabs = [(t.narrow(2, start, stop - start), w) for t, w in pairs]
+                if stacked is not None:
+                    slabs = [(torch.cat([t for t, _ in slabs], dim=1), stacked)]
+                for slab, w in slabs:
+                    canvas.add_(self._convolution_backward(slab, w, stand_in, (0, *self.padding[1:])))
             result = result.narrow(2, pad, padded[2])
         for dim, n in enumerate(shape[2:], start=2):
             result = result.narrow(dim, 0, n)
@@ -291,6 +311,9 @@ class LayerCall:
 
     def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.linear_map.transpose(s, weight, self.x)
+
+    def transpose_sum(self, *pairs: tuple[Tensor, Tensor]) -> Tensor:
+        return self.linear_map.transpose_sum(pairs, self.x)
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         return self.linear_map.forward_pair(a, weight_a, b, weight_b)

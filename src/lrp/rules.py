@@ -186,6 +186,9 @@ class AlphaBeta(Rule):
             alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
             beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
         s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
+        if need_negative and not signed:  # both shares through one transposed layer where possible
+            s_neg = _scaled(divide_(relevance, negative, self.stabilizer), -beta)
+            return layer.transpose_sum((s_pos, w_pos), (s_neg, w_neg)).mul_(x)
         result = _spread(layer, s_pos, w_pos, w_neg, x_pos, x_neg)
         del s_pos, positive
         if need_negative:
