@@ -1,7 +1,7 @@
 """Op handlers: what each torch function on the input→output path becomes in the relevance graph.
 
 - weighted linear ops (dense, convolution, matmul with a constant) and parameter-free linear ops
-  (average pooling, mean, sum): a :class:`~lrp.nodes.LinearFunction` whose backward applies the
+  (average pooling, mean, sum): a :class:`~lrp.nodes.RecordFunction` whose backward applies the
   rule the composite chose for the innermost module of the model that is running;
 - BatchNorm: folded into the producing linear op when that op's output feeds only the BatchNorm,
   otherwise explained as a per-channel affine layer;
@@ -28,8 +28,8 @@ from . import composites as families
 from .canonizers import batch_norm_affine
 from .composites import Family
 from .layers import Convolution, Dense, LinearMap, ParameterFree
-from .nodes import BatchNormFunction, BatchNormRecord, Foldable, LinearFunction, LinearRecord, MaxPoolFunction, \
-    Recomputable, SumFunction, SumRecord, pass_through
+from .nodes import BatchNormRecord, Foldable, LinearRecord, MaxPoolFunction, Recomputable, RecordFunction, \
+    SumFunction, SumRecord, pass_through
 
 if TYPE_CHECKING:
     from .interception import Trace
@@ -80,7 +80,7 @@ def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: t
               weight: Tensor, bias: Tensor | None, compute: Callable[[], Tensor]) -> Tensor:
     record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(family, op), linear_map,
                            weight.detach(), None if bias is None else bias.detach(), x_source=trace.source_of(x))
-    z = LinearFunction.apply(x, record, compute)
+    z = RecordFunction.apply(x, record, compute)
     if linear_map.channel_dim(z) == 1:
         trace.foldable[id(z)] = Foldable(weakref.ref(z), record)
     return z
@@ -162,7 +162,7 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         record.producer = entry.producer
         entry.batch_norm = record
         entry.producer.folded = (record.scale, record.shift)
-    return BatchNormFunction.apply(x, record, lambda: func(*args, **kwargs))
+    return RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
 def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
@@ -173,7 +173,7 @@ def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> T
     linear_map = ParameterFree(lambda t: func(t, *rest, **kwargs))
     record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Pooling, op),
                            linear_map, None, None, x_source=trace.source_of(x))
-    return LinearFunction.apply(x, record, lambda: func(*args, **kwargs))
+    return RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
 def _max_pool(dims: int):

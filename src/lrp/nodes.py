@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from .interception import Trace
 
 __all__ = [
-    "ConservationRow", "Recomputable", "LinearRecord", "BatchNormRecord", "Foldable", "Normalized", "LinearFunction",
-    "BatchNormFunction", "SumRecord", "SumFunction", "PassFunction", "MaxPoolFunction", "pass_through", "unfold", "per_sample",
+    "ConservationRow", "Recomputable", "LinearRecord", "BatchNormRecord", "Foldable", "Normalized", "RecordFunction",
+    "SumRecord", "SumFunction", "PassFunction", "MaxPoolFunction", "pass_through", "unfold", "per_sample",
 ]
 
 
@@ -74,6 +74,11 @@ class LinearRecord:
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
     x_source: tuple[Tensor, Callable[[Tensor], Tensor]] | None = None  # x = f(source), recomputed, not kept
 
+    def keep(self, x: Tensor, z: Tensor) -> None:
+        self.z = z.detach()
+        if self.x_source is None:
+            self.x = x.detach()
+
     def layer_call(self) -> LayerCall:
         weight, bias = self.weight, self.bias
         if self.folded is not None:
@@ -101,6 +106,13 @@ class BatchNormRecord:
     producer: LinearRecord | None = None  # set while folded
     x: Tensor | None = None
     y: Tensor | None = None
+
+    def keep(self, x: Tensor, y: Tensor) -> None:
+        self.y = y.detach()
+        if self.producer is not None:
+            self.producer.z = self.y  # folded: the producer's rule divides by the BatchNorm's output
+        else:
+            self.x = x.detach()
 
     def backward(self, relevance: Tensor) -> Tensor:
         if self.producer is not None:
@@ -132,32 +144,16 @@ class Normalized(NamedTuple):
     allowed_inside: bool  # sigmoid is also an activation; softmax inside the network has no rule
 
 
-class LinearFunction(Function):
+class RecordFunction(Function):
+    """The node of a linear op or BatchNorm: ``record.keep`` stores what the rule will need from the
+    forward, ``record.backward`` applies the rule."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, record: LinearRecord, compute: Callable[[], Tensor]) -> Tensor:
-        z = compute()
-        record.z = z.detach()
-        if record.x_source is None:
-            record.x = x.detach()
+    def forward(ctx, x: Tensor, record: LinearRecord | BatchNormRecord, compute: Callable[[], Tensor]) -> Tensor:
+        output = compute()
+        record.keep(x, output)
         ctx.record = record
-        return z
-
-    @staticmethod
-    def backward(ctx, relevance: Tensor):
-        return ctx.record.backward(relevance), None, None
-
-
-class BatchNormFunction(Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, record: BatchNormRecord, compute: Callable[[], Tensor]) -> Tensor:
-        y = compute()
-        record.y = y.detach()
-        if record.producer is not None:
-            record.producer.z = record.y
-        else:
-            record.x = x.detach()
-        ctx.record = record
-        return y
+        return output
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
