@@ -7,6 +7,7 @@ float64 reference below, which applies the rules one step at a time with plain a
 """
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from typing import Callable
@@ -1282,3 +1283,16 @@ def test_cuda_matches_cpu() -> None:
     r64 = lrp.explain(model, x, target=cpu.target).relevance
     # float32 convolutions may run in TF32 on the GPU: compare loosely
     close(gpu32.relevance.cpu().to(DT), r64, rtol=1e-2, atol=1e-3 * float(r64.abs().max()))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.1), (torch.float16, 0.01)])
+def test_half_precision_runs_close_to_float64(dtype: torch.dtype, tolerance: float) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 9, 3)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    params = {"composite": "epsilon-gamma-box", "low": 0.0, "high": 1.0}
+    reference = lrp.explain(copy.deepcopy(model).double(), x.double(), target=1, **params).relevance
+    relevance = lrp.explain(model.to(dtype), x.to(dtype), target=1, **params).relevance
+    assert relevance.dtype == dtype
+    assert float((relevance.double() - reference).abs().max() / reference.abs().max()) < tolerance
