@@ -3,9 +3,10 @@
 For every (model, batch, method) a fresh Python process builds the model (random weights, fixed
 seed) and the input, then runs the explanation ``1 + repeats`` times:
 
-- ``WARMUP_RUNS`` untimed warm-up runs on the whole batch (lazy imports, kernel selection, and the
-  allocator, which on Linux needs a few calls before large temporaries stop costing page faults:
-  explaining many inputs with one process is the steady state this measures);
+- untimed warm-up runs on the whole batch: at least ``WARMUP_MIN_RUNS``, then more until
+  ``WARMUP_SECONDS`` have passed or ``WARMUP_MAX_RUNS`` ran (lazy imports, kernel selection, and the
+  allocator: glibc needs about ten calls before the temporaries of a call stop costing page faults;
+  explaining many inputs in one process is the steady state this measures, for every method alike);
 - ``repeats`` timed runs; the table shows the median wall time (``time.perf_counter``) and the
   median CPU time of the process (``time.process_time``, all threads). On a machine shared with
   other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
@@ -349,7 +350,16 @@ def _zennit_merge_note(model: nn.Module) -> str:
     return f"zennit SequentialMergeBatchNorm merged {len(merges)} of {total} BatchNorm layers"
 
 
-WARMUP_RUNS = 2
+WARMUP_MIN_RUNS, WARMUP_MAX_RUNS, WARMUP_SECONDS = 2, 10, 5.0
+
+
+def warm_up(run: Callable[[], object]) -> int:
+    """Run ``run`` untimed until the process is warm (see the module docstring); returns the count."""
+    start, runs = time.perf_counter(), 0
+    while runs < WARMUP_MIN_RUNS or (runs < WARMUP_MAX_RUNS and time.perf_counter() - start < WARMUP_SECONDS):
+        run()
+        runs += 1
+    return runs
 
 
 def _worker(spec_json: str) -> dict:
@@ -361,8 +371,7 @@ def _worker(spec_json: str) -> dict:
         target = model(x).argmax(1)
     method = _method(spec["method"])
     note = _zennit_merge_note(model) if spec["method"].startswith("zennit:") else ""
-    for _ in range(WARMUP_RUNS):  # lazy imports, kernel selection, allocator (see the module docstring)
-        method(model, x, target)
+    warm_up(lambda: method(model, x, target))
     _release_free_memory()
     base = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
     times, cpu_times = [], []
@@ -526,8 +535,8 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs "
            "share the machine when it exceeds the thread count)." if load else "."),
         "",
-        f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; {WARMUP_RUNS} "
-        "untimed warm-up runs; then the timed runs (column *runs*); *median time* is their median "
+        f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; "
+        f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs (column *runs*); *median time* is their median "
         "wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
         "when other jobs load the machine).",
         "- *extra peak memory*: peak RSS during the first timed run (VmHWM, reset to the current RSS just "
