@@ -6,15 +6,16 @@ layer) whose output feeds only a BatchNorm is explained with the folded paramete
     W' = W · a,   b' = a · b + c,   a = γ / sqrt(var + eps),   c = β − a · mean
 
 (per output channel), which are the parameters zennit's ``SequentialMergeBatchNorm`` writes into the
-layer. A BatchNorm that cannot be folded (its input is not a linear layer's output, or that output
-is used elsewhere too) is explained as its own per-channel affine layer.
+layer (``LayerCall.weight`` / ``.bias`` apply them; the ε-rule scales its relevance instead of the
+weight when that is cheaper). A BatchNorm that cannot be folded (its input is not a linear layer's
+output, or that output is used elsewhere too) is explained as its own per-channel affine layer.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm_affine", "fold"]
+__all__ = ["batch_norm_affine"]
 
 
 def batch_norm_affine(
@@ -44,10 +45,3 @@ def batch_norm_affine(
     if bias is not None:
         shift = shift + bias
     return scale, shift
-
-
-def fold(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, scale_output) -> tuple[Tensor, Tensor]:
-    """Folded (weight, bias) of a linear layer followed by ``a · z + c``; ``scale_output`` is the
-    linear map's own way of scaling its output channels (see ``LinearMap.scale_output``)."""
-    folded_bias = shift if bias is None else scale * bias + shift
-    return scale_output(weight, scale), folded_bias

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import torch
@@ -296,15 +297,37 @@ class ParameterFree(LinearMap):
 class LayerCall:
     """One call of a linear map, as a rule sees it.
 
-    x: input (N, C_in, *S_in); z: output incl. bias (N, C_out, *S_out); weight / bias: effective
-    parameters (BatchNorm folded in); bias may be None.
+    x: input (N, C_in, *S_in); z: output incl. bias (N, C_out, *S_out); raw_weight / raw_bias: the
+    layer's own parameters (bias may be None); folded: (scale, shift) (C_out,) of a BatchNorm folded
+    into the call. ``weight`` and ``bias`` are the effective parameters, folded on first use.
     """
 
     linear_map: LinearMap
     x: Tensor
     z: Tensor
-    weight: Tensor | None
-    bias: Tensor | None
+    raw_weight: Tensor | None
+    raw_bias: Tensor | None
+    folded: tuple[Tensor, Tensor] | None = None
+
+    @cached_property
+    def weight(self) -> Tensor | None:
+        if self.folded is None:
+            return self.raw_weight
+        return self.linear_map.scale_output(self.raw_weight, self.folded[0])
+
+    @cached_property
+    def bias(self) -> Tensor | None:
+        if self.folded is None:
+            return self.raw_bias
+        scale, shift = self.folded
+        return shift if self.raw_bias is None else scale * self.raw_bias + shift
+
+    def transpose_effective(self, s: Tensor) -> Tensor:
+        """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` instead of the weight
+        when ``s`` is the smaller tensor (late layers: one weight copy per call saved)."""
+        if self.folded is not None and s.numel() < self.raw_weight.numel():
+            return self.transpose(s * self.linear_map.bias_view(self.folded[0]), self.raw_weight)
+        return self.transpose(s, self.weight)
 
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.linear_map.forward(x, weight)

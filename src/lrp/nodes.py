@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .canonizers import fold
 from .layers import ChannelAffine, LayerCall, LinearMap
 from .rules import Rule
 
@@ -80,11 +79,8 @@ class LinearRecord:
             self.x = x.detach()
 
     def layer_call(self) -> LayerCall:
-        weight, bias = self.weight, self.bias
-        if self.folded is not None:
-            weight, bias = fold(weight, bias, *self.folded, self.linear_map.scale_output)
         x = self.x if self.x_source is None else self.x_source[1](self.x_source[0])
-        return LayerCall(self.linear_map, x, self.z, weight, bias)
+        return LayerCall(self.linear_map, x, self.z, self.weight, self.bias, self.folded)
 
     def backward(self, relevance: Tensor) -> Tensor:
         result = self.rule.relevance(self.layer_call(), relevance)

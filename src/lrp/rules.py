@@ -88,7 +88,7 @@ class Epsilon(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         z = layer.z if self.bias or layer.bias is None else layer.forward(layer.x, layer.weight)
-        return layer.transpose(self.divide(relevance, z), layer.weight).mul_(layer.x)
+        return layer.transpose_effective(self.divide(relevance, z)).mul_(layer.x)
 
 
 class Zero(Epsilon):
