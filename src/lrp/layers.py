@@ -64,8 +64,6 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
 class LinearMap(ABC):
     """A linear map without its bias, applicable to any input and weight of the right shape."""
 
-    has_weight = True
-
     @abstractmethod
     def forward(self, x: Tensor, weight: Tensor | None) -> Tensor:
         """The map applied to ``x`` with ``weight``, no bias."""
@@ -259,6 +257,9 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 class ChannelAffine(LinearMap):
     """A per-channel scaling ``z = x * w`` (w: (C,)) on x (N, C, *S): an unfolded BatchNorm."""
 
+    def __init__(self, dims: int):
+        self.dims = dims
+
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
         return x * self.bias_view(weight)
 
@@ -268,17 +269,12 @@ class ChannelAffine(LinearMap):
     def bias_view(self, bias: Tensor) -> Tensor:
         return bias.view(1, -1, *([1] * (self.dims - 2)))
 
-    def __init__(self, dims: int):
-        self.dims = dims
-
 
 class ParameterFree(LinearMap):
     """A linear op without weights (average pooling, mean, sum), given as ``op(x)``.
 
     Its transpose is taken with autograd, which for these ops is as cheap as the op itself.
     """
-
-    has_weight = False
 
     def __init__(self, op: Callable[[Tensor], Tensor]):
         self.op = op
