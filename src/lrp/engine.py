@@ -53,7 +53,7 @@ class LRP:
         classes_per_input = target.shape[1] if is_multi_class(target) else 0
         if classes_per_input:
             if target.shape[0] != x.shape[0]:
-                raise TargetError(f"a (batch, k) target needs {x.shape[0]} rows for a batch of {x.shape[0]}, "
+                raise TargetError(f"a (batch, k) target needs one row per input for a batch of {x.shape[0]}, "
                                   f"got shape {tuple(target.shape)}")
             x = x.repeat_interleave(classes_per_input, dim=0)
             target = target.reshape(-1)

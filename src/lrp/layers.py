@@ -48,10 +48,11 @@ def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
 def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """:func:`divide` written into ``denominator``, a temporary of the caller shaped like
     ``relevance``; needs only a boolean mask of extra memory (the first layers of a 3D CNN hold
-    hundreds of MB per tensor). Equal to :func:`divide` up to one rounding of ε."""
-    non_negative = denominator >= 0
-    denominator.sub_(epsilon).add_(non_negative, alpha=2 * epsilon)
-    del non_negative
+    hundreds of MB per tensor). Equal to :func:`divide` up to one rounding of ε; the sign bit
+    decides, as in :func:`stabilize` (copysign)."""
+    negative = torch.signbit(denominator)
+    denominator.add_(epsilon).add_(negative, alpha=-2 * epsilon)
+    del negative
     return torch.div(relevance, denominator, out=denominator)
 
 
