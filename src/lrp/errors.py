@@ -1,6 +1,6 @@
 """Exceptions raised by pytorch-lrp. Every message names the layer, op, shape or file at fault."""
 
-__all__ = ["LRPError", "UnsupportedOperationError", "NonFiniteError", "TargetError"]
+__all__ = ["LRPError", "UnsupportedOperationError", "NonFiniteError", "TargetError", "DataError"]
 
 
 class LRPError(Exception):
@@ -20,3 +20,8 @@ class NonFiniteError(LRPError, ValueError):
 
 class TargetError(LRPError, ValueError):
     """The requested target does not fit the model output."""
+
+
+class DataError(LRPError, ValueError):
+    """An input file, label table, volume or array is malformed or does not fit the others (the
+    message names the file or argument and the mismatch)."""
