@@ -1,4 +1,4 @@
-"""Reference models: the 3D CNN of Böhle et al. (2019) and a small 2D CNN for digits.
+"""Reference models: the 3D CNN of Böhle et al. (2019), its demo-sized variant and a small 2D CNN for digits.
 
 ``PaperCNN3d`` is the network of "Layer-wise relevance propagation for explaining deep neural
 network decisions in MRI-based Alzheimer's disease classification" (Böhle, Eitel, Weygandt, Ritter,
@@ -9,12 +9,11 @@ leaves 64×4×5×4 = 5120 features.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["PaperCNN3d", "SmallCNN2d", "PAPER_GRID", "block_output_shape", "paper_pools_for_grid"]
+__all__ = ["PAPER_GRID", "DemoCNN3d", "PaperCNN3d", "SmallCNN2d", "block_output_shape", "paper_pools_for_grid"]
 
 PAPER_GRID: tuple[int, int, int] = (193, 229, 193)
 """The MRI grid of the paper (voxels), for inputs of shape (N, 1, 193, 229, 193)."""
@@ -115,11 +114,50 @@ class PaperCNN3d(nn.Module):
         return size
 
     @classmethod
-    def for_grid(cls, input_shape: Sequence[int], **kwargs) -> "PaperCNN3d":
+    def for_grid(cls, input_shape: Sequence[int], **kwargs) -> PaperCNN3d:
         """The paper's design sized for ``input_shape`` (D, H, W): the paper's pool sizes where the
         grid allows them, smaller ones where it does not (see :func:`paper_pools_for_grid`)."""
         pools = paper_pools_for_grid(input_shape, kwargs.pop("pools", PAPER_POOLS))
         return cls(input_shape, pools=pools, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, in_channels, D, H, W) on the grid given at construction -> logits (N, num_classes)."""
+        return self.classifier(self.flatten(self.features(x)))
+
+
+class DemoCNN3d(nn.Module):
+    """The paper's convolutional design for coarse (2–4 mm) grids, with a linear head: the CNN of ``lrp demo``.
+
+    Blocks Conv3d(3×3×3, padding 1) → BatchNorm3d → ReLU → MaxPool3d(2) with ``channels``, then
+    Flatten → Dropout → Linear(C·d·h·w, num_classes). On the demo's 3 mm grid (about 52×64×54) four
+    blocks leave 32 × 3×4×3 features. A hidden dense layer as in the paper (Linear→ReLU→Dropout) made
+    training on a few hundred subjects stall at chance in most runs, so the head is one linear layer.
+
+    Layout (module names): ``features`` = [conv, bn, relu, pool] × blocks, ``flatten``,
+    ``classifier`` = [dropout, linear].
+    """
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (4, 8, 16, 32), in_channels: int = 1,
+                 num_classes: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape is the spatial grid (D, H, W), got {tuple(input_shape)}")
+        self.input_shape = tuple(int(d) for d in input_shape)
+        shape = self.input_shape
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            layers += [nn.Conv3d(previous, width, kernel_size=3, padding=1), nn.BatchNorm3d(width), nn.ReLU(),
+                       nn.MaxPool3d(2)]
+            previous = width
+            shape = tuple(d // 2 for d in shape)
+        if min(shape) < 1:
+            raise ValueError(f"grid {self.input_shape} is too small for {len(channels)} pooling blocks")
+        self.feature_shape = (previous, *shape)
+        self.features = nn.Sequential(*layers)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(previous * shape[0] * shape[1] * shape[2],
+                                                                      num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, in_channels, D, H, W) on the grid given at construction -> logits (N, num_classes)."""
