@@ -1,9 +1,9 @@
 """pytorch-lrp: fast, faithful Layer-wise Relevance Propagation for any PyTorch model."""
-from . import composites, rules
+from . import composites, methods, rules
 from .compat import InnvestigateModel
 from .composites import Composite
 from .engine import LRP, explain
 from .explanation import Explanation
 
-__all__ = ["explain", "LRP", "Explanation", "Composite", "InnvestigateModel", "rules", "composites"]
+__all__ = ["explain", "LRP", "Explanation", "Composite", "InnvestigateModel", "rules", "composites", "methods"]
 __version__ = "0.1.0"
