@@ -21,14 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from . import methods
 from .composites import COMPOSITES
 from .engine import explain
+from .restore import borrowed
 from .rules import AlphaBeta
+from .targets import output_relevance
 
-__all__ = ["METHODS", "MethodSpec", "parse_method"]
+__all__ = ["METHODS", "STARTS", "MethodSpec", "parse_method"]
 
 METHODS: dict[str, Callable[..., Any]] = {
     "gradient": methods.gradient,
@@ -40,6 +43,9 @@ METHODS: dict[str, Callable[..., Any]] = {
     "occlusion": methods.occlusion,
 }
 """The non-LRP methods of :mod:`lrp.methods` by name."""
+
+STARTS: tuple[str, ...] = ("logit", "probability")
+"""What LRP distributes from the output (see :meth:`MethodSpec.explainer`)."""
 
 _SWEEP_COMPOSITE = "alpha-beta"
 
@@ -69,26 +75,44 @@ class MethodSpec:
             text += ":" + ",".join(f"{key}={value}" for key, value in self.params.items())
         return text
 
-    def explainer(self) -> Callable[[nn.Module, Tensor, Any], Tensor]:
-        """``(model, x (N, C, *S), target) -> relevance`` like ``x``."""
-        if self.name == "lrp":
-            return self._lrp()
-        method, params = METHODS[self.name], dict(self.params)
-        return lambda model, x, target: method(model, x, target, **params).relevance
+    def explainer(self, start: str = "logit") -> Callable[[nn.Module, Tensor, Any], Tensor]:
+        """``(model, x (N, C, *S), target) -> relevance`` like ``x``.
 
-    def _lrp(self) -> Callable[[nn.Module, Tensor, Any], Tensor]:
+        start: what LRP distributes: the explained class's ``"logit"`` (lrp.explain's default), or its
+        softmax ``"probability"``, as the paper did (a softmax appended to the logits); with the
+        probability every subject's map has the sign of the evidence, also where the logit is negative.
+        Other methods ignore it (their maps do not depend on the output's scale but by a factor).
+        """
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+        if self.name != "lrp":
+            method, params = METHODS[self.name], dict(self.params)
+            return lambda model, x, target: method(model, x, target, **params).relevance
         params = dict(self.params)
         if self.composite == _SWEEP_COMPOSITE:
             beta = float(params.pop("beta"))
-            rule = AlphaBeta(alpha=1.0 + beta, beta=beta, **params)
-            return lambda model, x, target: explain(model, x, target, rule).relevance
+            composite, params = AlphaBeta(alpha=1.0 + beta, beta=beta, **params), {}
+        else:
+            composite = self.composite
         needs_bounds = self.composite == "epsilon-gamma-box" and not {"low", "high"} & params.keys()
 
         def run(model: nn.Module, x: Tensor, target: Any) -> Tensor:
             bounds = {"low": float(x.amin()), "high": float(x.amax())} if needs_bounds else {}
-            return explain(model, x, target, self.composite, **params, **bounds).relevance
+            if start == "probability":
+                target = _probability_start(model, x, target)
+            return explain(model, x, target, composite, **params, **bounds).relevance
 
         return run
+
+
+def _probability_start(model: nn.Module, x: Tensor, target: Any) -> Tensor:
+    """The output relevance (N, classes): the softmax probability of each sample's target class (the
+    arg-max for None), zero elsewhere."""
+    with borrowed(model), torch.no_grad():
+        logits = model(x)
+    _, index = output_relevance(logits, target)
+    start = torch.zeros_like(logits)
+    return start.scatter_(1, index[:, None], torch.softmax(logits, dim=1).gather(1, index[:, None]))
 
 
 def parse_method(text: str | MethodSpec) -> MethodSpec:

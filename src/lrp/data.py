@@ -297,14 +297,22 @@ class Preprocess:
             volumes' grid when ``grid`` is None); voxels where it is 0 are set to 0.
         grid: target shape (D, H, W) for models built for a fixed grid; volumes of another shape are
             resampled with ``scipy.ndimage.zoom`` (order 1, trilinear) to exactly this shape.
+        invert: after min-max scaling, turn the contrast inside the brain around (``1 − x`` where the
+            mask is non-zero, or where ``x > 0`` without a mask; the background stays 0), so that CSF is
+            bright and tissue loss shows as *more* signal. LRP's rules credit present signal (x·w from
+            a zero reference), so atrophy, an absence of tissue signal in T1, is only found by them on
+            inverted inputs (see ``lrp demo``'s report). Needs ``minmax``.
 
-    Applied in the order resample → min-max → mask, so masked voxels are 0 = the minimum.
+    Applied in the order resample → min-max → mask → invert, so masked voxels are 0 = the minimum.
     ``__call__``: array (D, H, W) -> float32 array of shape ``grid`` (or unchanged shape).
     """
 
     def __init__(self, minmax: bool = True, mask: str | Path | np.ndarray | Any | None = None,
-                 grid: Sequence[int] | None = None):
+                 grid: Sequence[int] | None = None, invert: bool = False):
+        if invert and not minmax:
+            raise ValueError("invert needs minmax: the contrast is turned around on the [0, 1] scale")
         self.minmax = bool(minmax)
+        self.invert = bool(invert)
         self.grid = None if grid is None else _checked_grid(grid)
         self.mask_source = None if mask is None else str(mask) if isinstance(mask, (str, Path)) else "<in-memory>"
         self.mask = None if mask is None else _load_mask(mask)
@@ -325,21 +333,27 @@ class Preprocess:
                 raise DataError(f"mask {self.mask_source}: shape {self.mask.shape} differs from the volume's "
                                 f"{volume.shape}")
             volume = volume * self.mask
+        if self.invert:
+            brain = volume > 0 if self.mask is None else self.mask != 0
+            volume = np.where(brain, 1.0 - volume, 0.0).astype(np.float32)
         return volume
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (for model.json); an in-memory mask is recorded as "<in-memory>"."""
-        return {"minmax": self.minmax, "mask": self.mask_source, "grid": None if self.grid is None else list(self.grid)}
+        return {"minmax": self.minmax, "mask": self.mask_source, "grid": None if self.grid is None else list(self.grid),
+                "invert": self.invert}
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Preprocess:
         """Rebuild from :meth:`to_dict` (a mask recorded as "<in-memory>" cannot be rebuilt: DataError)."""
         if options.get("mask") == "<in-memory>":
             raise DataError("the preprocessing used an in-memory mask that was not saved; pass the mask again")
-        return cls(minmax=options.get("minmax", True), mask=options.get("mask"), grid=options.get("grid"))
+        return cls(minmax=options.get("minmax", True), mask=options.get("mask"), grid=options.get("grid"),
+                   invert=options.get("invert", False))
 
     def __repr__(self) -> str:
-        return f"Preprocess(minmax={self.minmax}, mask={self.mask_source!r}, grid={self.grid})"
+        return (f"Preprocess(minmax={self.minmax}, mask={self.mask_source!r}, grid={self.grid}, "
+                f"invert={self.invert})")
 
 
 def split_patients(manifest: pd.DataFrame, *, test_per_class: int | None = None, val_fraction: float = 0.1,

@@ -57,8 +57,12 @@ class StudyConfig:
     mapping of labels to areas) group labels into areas. reference: a NIfTI giving the grid and affine
     of HDF5 volumes (NIfTI sources use their own). methods: method specs (:mod:`lrp.catalog`); betas:
     adds ``lrp:alpha-beta:beta=<b>`` for each. target: the explained class index (the paper explained
-    class 1, AD, for every subject; None = each subject's prediction). positive / negative: class names
-    of disease and controls; gain_group / reference_group: the gain's numerator and denominator.
+    class 1, AD, for every subject; None = each subject's prediction); start: LRP distributes that class's
+    softmax ``"probability"`` (the paper's choice, the default) or its ``"logit"``. positive / negative: class names
+    of disease and controls; gain_group / reference_group: the gain's numerator and denominator;
+    gain_value: the region statistic it compares, by default ``positive``, the relevance for the explained
+    class (for the paper's alpha1-beta0 maps, which are non-negative, the same as ``sum``; for signed maps
+    it stays defined where the controls' sum is negative).
     min_region_voxels: smaller regions are left out (their density and gain are noise).
     covariate / covariate_region: correlate that region's relevance with that manifest column.
     """
@@ -74,9 +78,11 @@ class StudyConfig:
     methods: list[str] = field(default_factory=lambda: ["lrp:alpha1-beta0", "guided_backprop"])
     betas: list[float] = field(default_factory=list)
     target: int | None = 1
+    start: str = "probability"
     positive: str = "AD"
     negative: str = "HC"
     gain_group: str = "TP"
+    gain_value: str = "positive"
     reference_group: str = "HC"
     min_region_voxels: int = 0
     top_k: int = 10
@@ -280,7 +286,7 @@ def analyse_maps(maps: pd.DataFrame, subjects: pd.DataFrame, config: StudyConfig
 
 def summarise(regions: pd.DataFrame, groups: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
     """One row per method × region: ``method, region_id, region, voxels``, the group means
-    ``sum_<group>`` and ``density_<group>`` for every group, ``gain`` (mean sum over ``gain_group`` /
+    ``sum_<group>`` and ``density_<group>`` for every group, ``gain`` (mean ``gain_value`` over ``gain_group`` /
     over ``reference_group``), and ranks ``rank_sum`` / ``rank_density`` (by the means over the
     ``positive`` class, e.g. all AD subjects) and ``rank_gain`` (1 = highest; NaN values unranked)."""
     keys = ["method", "region_id", "region"]
@@ -290,7 +296,7 @@ def summarise(regions: pd.DataFrame, groups: pd.DataFrame, config: StudyConfig) 
         wide = means.pivot_table(index=keys, columns="group", values="mean", sort=False, dropna=False)
         wide.columns = [f"{value}_{group}" for group in wide.columns]
         table = table.merge(wide.reset_index(), on=keys, how="left")
-    gains = gain(regions, groups, value="sum", group=config.gain_group, reference=config.reference_group)
+    gains = gain(regions, groups, value=config.gain_value, group=config.gain_group, reference=config.reference_group)
     table = table.merge(gains[keys + ["gain"]], on=keys, how="left")
     for by, column in (("sum", f"sum_{config.positive}"), ("density", f"density_{config.positive}"),
                        ("gain", "gain")):
@@ -308,7 +314,7 @@ def _explain_subjects(model: torch.nn.Module, data: VolumeDataset, specs: Sequen
     """Explain every subject with every method, one subject in memory at a time: maps written (or
     reused when complete), region rows collected, group sums and the mean input (D, H, W) accumulated."""
     out = Path(config.out)
-    explainers = {spec.label: spec.explainer() for spec in specs}
+    explainers = {spec.label: spec.explainer(config.start) for spec in specs}
     means = {spec.label: GroupMeans(groups) for spec in specs}
     rows: list[pd.DataFrame] = []
     errors: list[dict[str, str]] = []

@@ -38,6 +38,8 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--negative", help="control class name (default: HC)")
     group.add_argument("--gain-group", help="numerator group of the gain (default: TP)")
     group.add_argument("--reference-group", help="denominator group of the gain (default: HC)")
+    group.add_argument("--gain-value", choices=("positive", "sum", "density", "negative", "share"),
+                       help="region statistic the gain compares (default: positive, the relevance for the class)")
     group.add_argument("--top-k", type=int, help="regions per ranking and for the top-k overlap (default: 10)")
     group.add_argument("--covariate", help="manifest column to correlate with a region's relevance "
                                            "(e.g. a hippocampal volume)")
@@ -49,7 +51,7 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
 
 
 _ANALYSIS_FIELDS = ("atlas", "atlas_labels", "merge_hemispheres", "area_mapping", "min_region_voxels", "positive",
-                    "negative", "gain_group", "reference_group", "top_k", "covariate", "covariate_region",
+                    "negative", "gain_group", "gain_value", "reference_group", "top_k", "covariate", "covariate_region",
                     "permutations", "seed", "figures")
 
 

@@ -36,6 +36,8 @@ figures/, report.html. A rerun reuses complete maps.""")
     parser.add_argument("--betas", type=float_list, help="add LRP alpha-beta for these betas (alpha = 1 + beta), "
                                                          "e.g. the paper's 0,0.25,0.5,0.75,1")
     parser.add_argument("--target", type=int, help="explained class index (default: 1, the disease)")
+    parser.add_argument("--start", choices=("probability", "logit"),
+                        help="what LRP distributes: the class's softmax probability (default, as the paper) or logit")
     parser.add_argument("--reference", help="NIfTI on the grid of HDF5 volumes (gives their affine)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     parser.add_argument("--batch-size", type=int, help="volumes per forward pass when predicting (default: 4)")
@@ -50,7 +52,7 @@ def run(options: argparse.Namespace) -> int:
     from .console import print_top_regions
 
     overrides = {"data": options.data, "model": options.model, "out": options.out, "methods": options.methods,
-                 "betas": options.betas, "target": options.target, "reference": options.reference,
+                 "betas": options.betas, "target": options.target, "start": options.start, "reference": options.reference,
                  "device": options.device, "batch_size": options.batch_size, **analysis_overrides(options)}
     if options.config:
         config = StudyConfig.from_toml(options.config, **overrides)

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="demo", help="demo, paper or package.module:function (default: demo)")
     parser.add_argument("--class-names", type=comma_list, help="names of labels 0, 1, ... (default: from the data)")
     parser.add_argument("--mask", help="brain mask NIfTI on the volumes' grid, applied after min-max")
+    parser.add_argument("--invert", action="store_true",
+                        help="invert the contrast inside the brain (CSF bright), so that LRP can credit atrophy")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -48,7 +50,7 @@ def run(options: argparse.Namespace) -> int:
     from ..errors import DataError
     from ..train import TrainConfig, build_model, train
 
-    preprocess = Preprocess(minmax=True, mask=options.mask)
+    preprocess = Preprocess(minmax=True, mask=options.mask, invert=options.invert)
     if options.split:
         if not options.data:
             raise DataError("--split needs --data, the source its CSV files select from")

@@ -1,0 +1,104 @@
+"""A reduced ``lrp demo`` end to end (a few subjects on a 4 mm grid), then ``lrp regions`` on its maps."""
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from lrp.cli import main
+from lrp.neuro.ground_truth import GROUND_TRUTH_COLUMNS
+from lrp.neuro.regions import STATS_COLUMNS
+
+TEMPLATES = Path("/usr/share/mricron/templates")
+pytestmark = pytest.mark.skipif(not (TEMPLATES / "aal.nii.gz").is_file(),
+                                reason="needs Colin27 and AAL from the mricron-data package")
+METHODS = ("lrp_alpha1-beta0", "guided_backprop")
+GROUPS = ("AD", "HC", "TP", "TN", "FP", "FN")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    status = main(["demo", "--out", str(out), "--subjects", "30", "--resolution", "4", "--epochs", "3",
+                   "--methods", "lrp:alpha1-beta0,guided_backprop", "--atrophy", "Hippocampus,Amygdala_L", "--quiet"])
+    assert status == 0
+    return out
+
+
+def test_every_documented_output_exists_and_is_valid(demo):
+    manifest = pd.read_csv(demo / "cohort" / "manifest.csv")
+    assert len(manifest) == 30 and {"subject", "path", "label"} <= set(manifest.columns)
+    assert (demo / "model.pt").is_file() and json.loads((demo / "model.json").read_text())["preprocessing"]["invert"]
+    predictions = pd.read_csv(demo / "predictions.csv")
+    test = pd.read_csv(demo / "split" / "test.csv")
+    assert sorted(predictions["subject"]) == sorted(test["subject"])
+    assert {"subject", "label", "prediction", "group_true", "outcome"} <= set(predictions.columns)
+    for method in METHODS:
+        for row in test.itertuples():
+            relevance = nib.load(demo / "maps" / method / f"{row.subject}.nii.gz")
+            subject = nib.load(demo / "cohort" / row.path)
+            assert relevance.shape == subject.shape
+            np.testing.assert_allclose(relevance.affine, subject.affine)
+            assert np.isfinite(relevance.get_fdata()).all()
+    present = {"AD", "HC"} | set(predictions["outcome"])
+    for method in METHODS:
+        for group in present:
+            assert (demo / "group_means" / f"{method}_{group}.nii.gz").is_file(), (method, group)
+    regions = pd.read_csv(demo / "regions.csv")
+    assert list(regions.columns) == [*STATS_COLUMNS, "method"]
+    assert set(regions["method"]) == set(METHODS)
+    summary = pd.read_csv(demo / "summary.csv")
+    assert {"method", "region", "voxels", "sum_AD", "sum_HC", "density_AD", "gain", "rank_sum", "rank_density",
+            "rank_gain"} <= set(summary.columns)
+    truth = pd.read_csv(demo / "ground_truth.csv")
+    assert list(truth.columns) == list(GROUND_TRUTH_COLUMNS)
+    assert set(truth["method"]) == {*METHODS, "oracle"}
+    assert set(truth["region"]) == {"Hippocampus_L", "Hippocampus_R", "Amygdala_L", "all planted"}
+    metrics = json.loads((demo / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and {"flips", "confusion_matrix"} <= set(metrics)
+    assert len(list((demo / "figures").glob("*.png"))) >= 8
+
+
+def test_report_embeds_every_image(demo):
+    html = (demo / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+    assert "http://" not in html and "https://" not in html
+    assert "Ground truth" in html and "oracle" in html
+
+
+def test_oracle_finds_the_planted_regions(demo):
+    """Even on this tiny cohort, |subject − undiseased twin| puts the planted regions at the top by gain."""
+    truth = pd.read_csv(demo / "ground_truth.csv")
+    oracle = truth[(truth["method"] == "oracle") & (truth["region"] != "all planted")]
+    assert (oracle["rank_gain"] <= len(oracle) + 2).all(), oracle
+    assert (oracle["enrichment"] > 3).all()
+
+
+def test_regions_command_reproduces_the_study_tables(demo, tmp_path):
+    predictions = pd.read_csv(demo / "predictions.csv")
+    subjects = tmp_path / "subjects.csv"
+    predictions[["subject", "label", "prediction"]].to_csv(subjects, index=False)
+    study = json.loads((demo / "metrics.json").read_text())
+    assert study["planted_regions"]
+    out = tmp_path / "regions"
+    minimum = str(int(np.ceil(1000 / 4**3)))
+    status = main(["regions", "--maps", str(demo / "maps"), "--subjects", str(subjects), "--out", str(out),
+                   "--min-region-voxels", minimum, "--no-figures"])
+    assert status == 0
+    ours = pd.read_csv(out / "summary.csv").sort_values(["method", "region"]).reset_index(drop=True)
+    theirs = pd.read_csv(demo / "summary.csv").sort_values(["method", "region"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--subjects", "2"], "at least 20 subjects"),
+    (["--atrophy", "Hipocampus"], "close matches: Hippocampus"),
+])
+def test_bad_demo_input_is_explained(arguments, message, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quiet", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
