@@ -223,7 +223,18 @@ def test_preprocess_options_round_trip(tmp_path):
     rebuilt = Preprocess.from_dict(original.to_dict())
     volume = _volumes(1)[0]
     np.testing.assert_array_equal(rebuilt(volume), original(volume))
-    assert original.to_dict() == {"minmax": True, "mask": str(mask), "grid": list(SHAPE)}
+    assert original.to_dict() == {"minmax": True, "mask": str(mask), "grid": list(SHAPE), "invert": False}
+
+
+def test_invert_turns_the_contrast_around_inside_the_brain_only():
+    volume = np.array([[[0.0, 2.0], [4.0, 10.0]]], dtype=np.float32)  # 0 = background
+    inverted = Preprocess(invert=True)(volume)
+    np.testing.assert_allclose(inverted, [[[0.0, 0.8], [0.6, 0.0]]], atol=1e-7)
+    mask = np.array([[[0, 1], [1, 0]]], dtype=np.float32)
+    np.testing.assert_allclose(Preprocess(invert=True, mask=mask)(volume), [[[0.0, 0.8], [0.6, 0.0]]], atol=1e-7)
+    assert Preprocess.from_dict(Preprocess(invert=True).to_dict()).invert
+    with pytest.raises(ValueError, match="needs minmax"):
+        Preprocess(minmax=False, invert=True)
 
 
 # -- splits ----------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_training_from_an_hdf5_split(tmp_path):
     result = train(tiny_net(), data.select(paths["train"]), data.select(paths["val"]), _config(epochs=3),
                    out_dir=tmp_path / "run", progress=False, architecture=tiny_architecture())
     model, info = load_model(result.model_info)
-    assert info["preprocessing"] == {"minmax": True, "mask": None, "grid": None}
+    assert info["preprocessing"] == {"minmax": True, "mask": None, "grid": None, "invert": False}
     assert info["class_names"] == ["HC", "AD"] and info["input_shape"] == [1, *SHAPE]
     table = predict(model, data.select(paths["test"]), progress=False)
     assert table["subject"].tolist() == pd.read_csv(paths["test"], dtype={"subject": str})["subject"].tolist()

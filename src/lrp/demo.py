@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .data import Preprocess, open_source, split_patients, write_split
 from .errors import DataError
@@ -126,6 +127,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     split = write_split(split_patients(data.manifest, val_fraction=0.1, test_fraction=0.2, seed=config.seed),
                         out / "split")
     train_data, val_data = data.select(split["train"]), data.select(split["val"])
+    torch.manual_seed(config.seed)
     model = DemoCNN3d(tuple(train_data[0]["x"].shape[1:]))
     train(model, train_data, val_data, TrainConfig(epochs=config.epochs, lr=1e-3, batch_size=8, seed=config.seed,
                                                    patience=config.epochs, device="cpu"),

@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(options: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from ..data import Preprocess, open_source
     from ..errors import DataError
     from ..train import TrainConfig, build_model, train
@@ -65,6 +67,7 @@ def run(options: argparse.Namespace) -> int:
     shape = [int(d) for d in train_data[0]["x"].shape[1:]]
     architecture = ({"name": MODELS[options.model], "kwargs": {"input_shape": shape}} if options.model in MODELS
                     else {"factory": options.model, "kwargs": {"input_shape": shape}})
+    torch.manual_seed(options.seed)
     model = build_model(architecture)
     config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
                          weight_decay=options.weight_decay, patience=options.patience,

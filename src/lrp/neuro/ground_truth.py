@@ -96,7 +96,7 @@ def ground_truth_table(summary: pd.DataFrame, maps: Mapping[str, Mapping[str, np
     region table: positive − negative sums; ``mass_inside_dilated`` with the region dilated by one voxel,
     from ``maps``: {method: {subject: map}} or None to skip), ``volume_share`` (region voxels / all
     labelled voxels) and ``enrichment`` = mass / volume share. A last row per method, ``all planted``,
-    pools the regions (its ranks are the worst rank among them).
+    pools the regions (its ranks are the worst rank among them). Without true positives the masses are NaN.
     """
     missing = sorted(set(planted) - set(atlas.names))
     if missing:
@@ -107,7 +107,8 @@ def ground_truth_table(summary: pd.DataFrame, maps: Mapping[str, Mapping[str, np
     tp = regions[regions["subject"].isin(list(true_positives))].copy()
     tp["mass"] = tp["positive"] - tp["negative"]
     rows = []
-    for method, part in tp.groupby("method", sort=False):
+    for method in summary["method"].unique():
+        part = tp[tp["method"] == method]
         total = part["mass"].sum()
         ranks = summary[summary["method"] == method].set_index("region")
         method_maps = (maps or {}).get(method, {})
@@ -130,7 +131,7 @@ def ground_truth_table(summary: pd.DataFrame, maps: Mapping[str, Mapping[str, np
 def _dilated_mass(maps: Mapping[str, np.ndarray], subjects: Sequence[str], mask: np.ndarray,
                   labelled: np.ndarray) -> float:
     """Share of absolute relevance of ``subjects``' maps inside ``mask`` dilated by one voxel, among the
-    labelled voxels (NaN without maps)."""
+    labelled voxels (NaN without maps or subjects)."""
     dilated = ndimage.binary_dilation(mask) & labelled
     inside = total = 0.0
     for subject in subjects:
