@@ -5,5 +5,5 @@ from .composites import Composite
 from .engine import LRP, explain
 from .explanation import Explanation
 
-__all__ = ["explain", "LRP", "Explanation", "Composite", "InnvestigateModel", "rules", "composites", "methods"]
+__all__ = ["LRP", "Composite", "Explanation", "InnvestigateModel", "composites", "explain", "methods", "rules"]
 __version__ = "0.1.0"

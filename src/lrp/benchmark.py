@@ -46,19 +46,28 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from .composites import COMPOSITES
 from .models import PaperCNN3d
 
 __all__ = [
-    "VGG16", "Bottleneck", "ResNet50", "MODELS", "DEFAULT_COMPOSITES", "BASELINE", "ZENNIT_EQUIVALENTS",
-    "Measurement", "add_arguments", "run", "main_from_args", "markdown_table",
+    "BASELINE",
+    "DEFAULT_COMPOSITES",
+    "MODELS",
+    "VGG16",
+    "ZENNIT_EQUIVALENTS",
+    "Bottleneck",
+    "Measurement",
+    "ResNet50",
+    "add_arguments",
+    "main_from_args",
+    "markdown_table",
+    "run",
 ]
 
 BASELINE = "gradient×input"
@@ -276,7 +285,9 @@ def _ours(composite: str) -> Callable:
 
 def _zennit_composite(composite: str, x: Tensor):
     """zennit's composite of the same meaning, with SequentialMergeBatchNorm."""
-    from zennit import composites as zc, rules as zr, types as zt
+    from zennit import composites as zc
+    from zennit import rules as zr
+    from zennit import types as zt
     from zennit.canonizers import SequentialMergeBatchNorm
 
     canonizers = [SequentialMergeBatchNorm()]
@@ -318,7 +329,7 @@ def _method(method: str) -> Callable:
 
 def _proc_status_mib(key: str) -> float:
     with open("/proc/self/status") as status:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.M).group(1)) / 1024
+        return int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1)) / 1024
 
 
 def _reset_peak_rss() -> bool:

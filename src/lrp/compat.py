@@ -18,8 +18,7 @@ import itertools
 import warnings
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from .composites import Composite, Normalization, Weighted
 from .engine import LRP

@@ -8,16 +8,39 @@ Named composites follow the literature and zennit's composites of the same meani
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-import torch.nn as nn
+from torch import nn
 
-from .rules import ELEMENTWISE, PARAMETER_FREE, SUM, WEIGHTED, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, \
-    ZBox, Zero, ZPlus
+from .rules import (
+    ELEMENTWISE,
+    PARAMETER_FREE,
+    SUM,
+    WEIGHTED,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    Zero,
+    ZPlus,
+)
 
 __all__ = [
-    "Family", "Convolution", "Dense", "Weighted", "Normalization", "Pooling", "Activation", "Sum",
-    "Composite", "COMPOSITES", "resolve_composite",
+    "COMPOSITES",
+    "Activation",
+    "Composite",
+    "Convolution",
+    "Dense",
+    "Family",
+    "Normalization",
+    "Pooling",
+    "Sum",
+    "Weighted",
+    "resolve_composite",
 ]
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from .composites import Composite, resolve_composite
 from .errors import NonFiniteError, TargetError, UnsupportedOperationError
@@ -40,7 +39,7 @@ class LRP:
         self.composite = resolve_composite(composite, **params)
         self.strict = strict
 
-    def __enter__(self) -> "LRP":
+    def __enter__(self) -> LRP:
         return self
 
     def __exit__(self, *exc) -> None:

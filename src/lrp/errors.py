@@ -1,6 +1,6 @@
 """Exceptions raised by pytorch-lrp. Every message names the layer, op, shape or file at fault."""
 
-__all__ = ["LRPError", "UnsupportedOperationError", "NonFiniteError", "TargetError", "DataError"]
+__all__ = ["DataError", "LRPError", "NonFiniteError", "TargetError", "UnsupportedOperationError"]
 
 
 class LRPError(Exception):

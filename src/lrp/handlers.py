@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +29,22 @@ from . import composites as families
 from .canonizers import batch_norm_affine
 from .composites import Family
 from .layers import Convolution, Dense, LinearMap, ParameterFree
-from .nodes import BatchNormRecord, Foldable, LinearRecord, MaxPoolFunction, Recomputable, RecordFunction, \
-    SumFunction, SumRecord, pass_through
+from .nodes import (
+    BatchNormRecord,
+    Foldable,
+    LinearRecord,
+    MaxPoolFunction,
+    Recomputable,
+    RecordFunction,
+    SumFunction,
+    SumRecord,
+    pass_through,
+)
 
 if TYPE_CHECKING:
     from .interception import Trace
 
-__all__ = ["HANDLERS", "path_tensors", "op_name", "is_in_place"]
+__all__ = ["HANDLERS", "is_in_place", "op_name", "path_tensors"]
 
 
 def path_tensors(args: tuple, kwargs: dict) -> list[Tensor]:

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "LinearMap", "Dense", "Convolution", "ChannelAffine", "ParameterFree", "LayerCall", "stabilize", "divide",
-    "divide_", "safe_divide",
+    "ChannelAffine",
+    "Convolution",
+    "Dense",
+    "LayerCall",
+    "LinearMap",
+    "ParameterFree",
+    "divide",
+    "divide_",
+    "safe_divide",
+    "stabilize",
 ]
 
 

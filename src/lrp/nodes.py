@@ -6,8 +6,9 @@ its backward has run. Records also feed the conservation table (:class:`Conserva
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,8 +21,20 @@ if TYPE_CHECKING:
     from .interception import Trace
 
 __all__ = [
-    "ConservationRow", "Recomputable", "LinearRecord", "BatchNormRecord", "Foldable", "Normalized", "RecordFunction",
-    "SumRecord", "SumFunction", "PassFunction", "MaxPoolFunction", "pass_through", "unfold", "per_sample",
+    "BatchNormRecord",
+    "ConservationRow",
+    "Foldable",
+    "LinearRecord",
+    "MaxPoolFunction",
+    "Normalized",
+    "PassFunction",
+    "Recomputable",
+    "RecordFunction",
+    "SumFunction",
+    "SumRecord",
+    "pass_through",
+    "per_sample",
+    "unfold",
 ]
 
 
@@ -60,7 +73,7 @@ class Recomputable(NamedTuple):
 class LinearRecord:
     """One call of a linear op: what its backward needs. Tensors are detached aliases (no copies)."""
 
-    trace: "Trace"
+    trace: Trace
     index: int
     name: str
     op: str
@@ -93,7 +106,7 @@ class LinearRecord:
 class BatchNormRecord:
     """One BatchNorm call: folded into ``producer`` or explained as a per-channel affine layer."""
 
-    trace: "Trace"
+    trace: Trace
     index: int
     name: str
     rule: Rule  # used when not folded (also when a later second use of x unfolds it)
@@ -158,7 +171,7 @@ class RecordFunction(Function):
 
 @dataclass(eq=False)
 class SumRecord:
-    trace: "Trace"
+    trace: Trace
     index: int
     name: str
     op: str

@@ -1,10 +1,10 @@
 """Leave no trace: run code on a model and give it back exactly as it was."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-import torch.nn as nn
+from torch import nn
 
 __all__ = ["borrowed"]
 

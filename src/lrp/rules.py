@@ -24,7 +24,17 @@ from torch import Tensor
 from .layers import LayerCall, divide, divide_, safe_divide
 
 __all__ = [
-    "Rule", "Epsilon", "Zero", "Norm", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass",
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Norm",
+    "Pass",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "Zero",
 ]
 
 WEIGHTED = "weighted"            # dense, convolution, unfolded BatchNorm

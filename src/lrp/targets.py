@@ -1,14 +1,14 @@
 """What to explain: turning a ``target`` argument into the relevance put on the model output."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import TargetError
 
-__all__ = ["TargetSpec", "output_relevance", "is_multi_class"]
+__all__ = ["TargetSpec", "is_multi_class", "output_relevance"]
 
 TargetSpec = int | Sequence[int] | Tensor | None
 
