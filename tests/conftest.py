@@ -234,3 +234,25 @@ def zennit_relevance(model: nn.Module, x: Tensor, composite: zcomposites.Composi
 def resnet18_model() -> nn.Module:
     """One shared random ResNet-18 (5 classes, float64); tests must not modify it."""
     return make_resnet18()
+
+
+REDUCED_DEMO = ("--subjects", "30", "--resolution", "4", "--epochs", "3", "--methods", "lrp:alpha1-beta0,guided_backprop",
+                "--atrophy", "Hippocampus,Amygdala_L", "--quiet")
+"""Arguments of the reduced ``lrp demo`` that tests/test_demo.py and tests/test_own_data.py share."""
+
+
+@pytest.fixture(scope="session")
+def reduced_demo(tmp_path_factory):
+    """Output folder of ``lrp demo`` on 30 subjects at 4 mm, run once per session with one torch thread
+    (tiny tensors; immune to busy neighbours on the cores). Needs mricron-data (modules skip without)."""
+    from lrp.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        status = main(["demo", "--out", str(out), *REDUCED_DEMO])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    return out

@@ -20,12 +20,9 @@ GROUPS = ("AD", "HC", "TP", "TN", "FP", "FN")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    status = main(["demo", "--out", str(out), "--subjects", "30", "--resolution", "4", "--epochs", "3",
-                   "--methods", "lrp:alpha1-beta0,guided_backprop", "--atrophy", "Hippocampus,Amygdala_L", "--quiet"])
-    assert status == 0
-    return out
+def demo(reduced_demo):
+    """The reduced demo of conftest.py: 30 subjects at 4 mm, planted Hippocampus (L, R) and Amygdala_L."""
+    return reduced_demo
 
 
 def test_every_documented_output_exists_and_is_valid(demo):

@@ -108,7 +108,9 @@ def test_outputs_match_an_independent_computation(cohort, baseline):
         x.requires_grad_(True)
         logits = model(x)
         gradient, = torch.autograd.grad(logits[0, 1], x)
-        expected = {"lrp_alpha1-beta0": lrp.explain(model, x.detach(), target=1, composite="alpha1-beta0").relevance,
+        start = torch.zeros_like(logits.detach())  # LRP distributes the AD probability (--start probability)
+        start[0, 1] = torch.softmax(logits.detach(), 1)[0, 1]
+        expected = {"lrp_alpha1-beta0": lrp.explain(model, x.detach(), target=start, composite="alpha1-beta0").relevance,
                     "gradient": gradient}
         row = predictions.iloc[i]
         probabilities = torch.softmax(logits.detach().double(), 1)[0].numpy()

@@ -5,7 +5,9 @@ Every source is a :class:`VolumeDataset`. Item ``i`` is a dict with ``x`` a Floa
 row in its source), so a ``torch.utils.data.DataLoader`` batches them into ``x`` (B, 1, D, H, W),
 ``y`` (B,), lists of subjects and patients, and ``index`` (B,). Volumes are read one at a time, on
 access, never all at once. ``manifest`` is the table of subjects: subject, patient, label and any
-covariates (age, sex, ...; for NIfTI sources the absolute ``path``).
+covariates (age, sex, ...; for NIfTI sources the absolute ``path``). An HDF5 file opened with
+:func:`open_source` keeps its subject names, patient ids and covariates when it stores them as
+datasets beside ``X`` and ``y`` (see :meth:`HDF5Dataset.by_convention`).
 
     data = open_source("cohort.csv", transform=Preprocess(mask="brain_mask.nii.gz"))
     split = split_patients(data.manifest, test_fraction=0.2, val_fraction=0.1, seed=0)
@@ -152,7 +154,8 @@ class HDF5Dataset(VolumeDataset):
 
     ``__init__`` reads only the shape of ``x`` and the small per-subject datasets. The file is opened
     on first access in each process (so it is safe with DataLoader workers) and each access reads
-    one sample.
+    one sample. :meth:`by_convention` (used by :func:`open_source`) finds ``subject``, ``patient``
+    and the covariates by their dataset names instead.
     """
 
     def __init__(self, path: str | Path, *, x: str = "X", y: str | None = "y", patient: str | None = None,
@@ -197,6 +200,38 @@ class HDF5Dataset(VolumeDataset):
             values = columns[name]
             manifest[name] = _as_strings(values) if values.dtype.kind in "OSU" else values
         super().__init__(manifest, source=str(self.path), transform=transform, class_names=class_names)
+
+    @classmethod
+    def by_convention(cls, path: str | Path, *, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                      classes: Sequence[str] | None = None) -> HDF5Dataset:
+        """The paper's layout (``X`` volumes, ``y`` labels) with optional per-subject datasets found by name.
+
+        - ``subject`` (N,): subject names, strings or integers (default ``sub-<row>``), so that an HDF5
+          export of NIfTI subjects keeps their names (and maps written by ``lrp study`` keep them too);
+        - ``patient`` (N,): patient ids, strings or integers (default: each scan its own patient);
+        - every other top-level dataset of shape (N,) or (N, 1), e.g. ``age`` or
+          ``volume_mm3_Hippocampus_L``: a manifest column of that name (a covariate). Groups and
+          datasets of other shapes are ignored; one named ``label`` clashes with the manifest's label
+          column (DataError).
+
+        A ``subject`` or ``patient`` dataset of the wrong length is an error, not ignored. Like the
+        constructor, only the shape of ``X`` and the per-subject datasets are read.
+        """
+        h5py = _import_h5py()
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            with h5py.File(path, "r") as file:
+                count = _member(file, "X", path).shape[:1]
+                shapes = {name: member.shape for name, member in file.items() if isinstance(member, h5py.Dataset)}
+        except OSError as error:
+            raise DataError(f"{path}: not a readable HDF5 file ({error})") from error
+        extra = [name for name, shape in shapes.items()
+                 if name not in ("X", "y", "subject", "patient") and count and shape in (count, (*count, 1))]
+        return cls(path, subject="subject" if "subject" in shapes else None,
+                   patient="patient" if "patient" in shapes else None, extra=extra, transform=transform,
+                   classes=classes)
 
     def _read(self, row: int) -> np.ndarray:
         volume = self._handle()[self.x_name][row]
@@ -272,14 +307,18 @@ class NiftiDataset(VolumeDataset):
 
 def open_source(spec: str | Path, *, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                 classes: Sequence[str] | None = None) -> VolumeDataset:
-    """The dataset behind ``spec``: an HDF5 file (.h5 / .hdf5, datasets ``X`` and ``y``), a CSV
-    manifest (.csv), a folder of NIfTI files, or one NIfTI file. Raises DataError for anything else."""
+    """The dataset behind ``spec``: an HDF5 file (.h5 / .hdf5), a CSV manifest (.csv), a folder of
+    NIfTI files, or one NIfTI file. Raises DataError for anything else.
+
+    An HDF5 file holds ``X`` (N, D, H, W) or (N, 1, D, H, W) and labels ``y`` (N,), and optionally
+    ``subject`` (names), ``patient`` (ids) and covariates as datasets of one value per sample, found
+    by name (see :meth:`HDF5Dataset.by_convention`)."""
     path = Path(spec)
     suffix = path.suffix.lower()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if suffix in (".h5", ".hdf5"):
-        return HDF5Dataset(path, transform=transform, classes=classes)
+        return HDF5Dataset.by_convention(path, transform=transform, classes=classes)
     if path.is_dir() or suffix == ".csv" or _is_nifti(path):
         return NiftiDataset(path, transform=transform, classes=classes)
     raise DataError(f"{path}: unknown data source; give an HDF5 file (.h5, .hdf5), a CSV manifest (.csv), "

@@ -124,7 +124,7 @@ def explain_dataset(model: nn.Module, data: VolumeDataset, methods: Sequence[str
                     grid: tuple[Sequence[int], np.ndarray], target: int | None = None, atlas: Atlas | None = None,
                     class_names: Sequence[str] | None = None, positive: str = "AD", negative: str = "HC",
                     batch_size: int = 1, num_workers: int = 2, progress: bool = True, world: World | None = None,
-                    settings: dict[str, Any] | None = None) -> ExplainResult:
+                    settings: dict[str, Any] | None = None, start: str = "probability") -> ExplainResult:
     """Explain every subject of ``data`` with every method, streaming; see the module docstring for the outputs.
 
     model: maps x (B, 1, D, H, W) to logits (B, K), on the device to run on (it is left unchanged).
@@ -136,7 +136,9 @@ def explain_dataset(model: nn.Module, data: VolumeDataset, methods: Sequence[str
     disease and controls for the outcome groups. batch_size: subjects per forward/backward pass (1 keeps
     results independent of how subjects are batched). num_workers: DataLoader processes reading ahead.
     world: this process's rank (default: a single process). settings: more entries for explain.json
-    (a rerun with different values is refused), e.g. where the model came from.
+    (a rerun with different values is refused), e.g. where the model came from. start: what LRP
+    distributes, the class's softmax ``"probability"`` (as ``lrp study`` and the paper) or its ``"logit"``
+    (see :meth:`lrp.catalog.MethodSpec.explainer`).
     """
     world = world or World()
     out = Path(out)
@@ -148,14 +150,15 @@ def explain_dataset(model: nn.Module, data: VolumeDataset, methods: Sequence[str
     problem = None
     if world.is_main:
         try:
-            _prepare(out, _settings(model, data, labels, target, class_names, shape, affine, settings))
+            _prepare(out, _settings(model, data, labels, target, class_names, shape, affine,
+                                    {"start": start, **(settings or {})}))
         except (LRPError, OSError) as error:
             problem = str(error)
     problem = world.from_main(problem)  # every rank waits for the cleanup, and fails alike
     if problem is not None:
         raise DataError(problem)
 
-    run = _Run(model, data, specs, out, (shape, affine), target, atlas, class_names, positive, negative)
+    run = _Run(model, data, specs, out, (shape, affine), target, atlas, class_names, positive, negative, start)
     tasks = _SubjectTasks(data, world.shard(len(data)), out, labels, shape, affine, len(class_names))
     loader = DataLoader(tasks, batch_size=None, num_workers=num_workers,
                         pin_memory=run.device.type == "cuda")
@@ -322,9 +325,9 @@ class _Run:
 
     def __init__(self, model: nn.Module, data: VolumeDataset, specs: Sequence[MethodSpec], out: Path,
                  grid: tuple[tuple[int, ...], np.ndarray], target: int | None, atlas: Atlas | None,
-                 class_names: list[str], positive: str, negative: str):
+                 class_names: list[str], positive: str, negative: str, start: str):
         self.model, self.out, self.affine, self.target, self.atlas = model, out, grid[1], target, atlas
-        self.explainers = {spec.label: spec.explainer() for spec in specs}
+        self.explainers = {spec.label: spec.explainer(start) for spec in specs}
         self.class_names, self.positive, self.negative = class_names, positive, negative
         manifest = data.manifest
         self.patients, self.labels = manifest["patient"].tolist(), manifest["label"].tolist()

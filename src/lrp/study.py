@@ -39,7 +39,7 @@ from .neuro.regions import region_stats, resample_map
 from .neuro.statistics import region_covariate_correlations
 from .train import load_model, predict
 
-__all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "read_maps_table", "run_study", "study_grid", "summarise"]
+__all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "read_maps_table", "resolve_target", "run_study", "study_grid", "summarise"]
 
 PAPER_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 """The beta sweep of the paper (alpha = 1 + beta)."""
@@ -56,8 +56,9 @@ class StudyConfig:
     NIfTI, with ``atlas_labels`` its label table; ``merge_hemispheres`` and ``area_mapping`` (a CSV/JSON
     mapping of labels to areas) group labels into areas. reference: a NIfTI giving the grid and affine
     of HDF5 volumes (NIfTI sources use their own). methods: method specs (:mod:`lrp.catalog`); betas:
-    adds ``lrp:alpha-beta:beta=<b>`` for each. target: the explained class index (the paper explained
-    class 1, AD, for every subject; None = each subject's prediction); start: LRP distributes that class's
+    adds ``lrp:alpha-beta:beta=<b>`` for each. target: the explained class, by index or class name;
+    ``"positive"`` (default) is the disease class ``positive`` (the paper explained AD for every subject),
+    None each subject's prediction; start: LRP distributes that class's
     softmax ``"probability"`` (the paper's choice, the default) or its ``"logit"``. positive / negative: class names
     of disease and controls; gain_group / reference_group: the gain's numerator and denominator;
     gain_value: the region statistic it compares, by default ``positive``, the relevance for the explained
@@ -77,7 +78,7 @@ class StudyConfig:
     reference: str | None = None
     methods: list[str] = field(default_factory=lambda: ["lrp:alpha1-beta0", "guided_backprop"])
     betas: list[float] = field(default_factory=list)
-    target: int | None = 1
+    target: int | str | None = "positive"
     start: str = "probability"
     positive: str = "AD"
     negative: str = "HC"
@@ -185,8 +186,9 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> StudyResult:
     predictions = assign_groups(predictions, positive=config.positive, negative=config.negative,
                                 class_names=class_names)
     write_tables({"predictions": predictions}, out)
+    target = resolve_target(config.target, class_names, config.positive)
     regions, errors, means, mean_input = _explain_subjects(model, data, specs, atlas, affine, predictions, config,
-                                                           progress)
+                                                           target, progress)
     maps = pd.DataFrame([{"subject": subject, "method": spec.label,
                           "path": str(out / "maps" / spec.label / f"{subject}.nii.gz")}
                          for spec in specs for subject in data.subjects])
@@ -201,7 +203,8 @@ def analyse(regions: pd.DataFrame, errors: pd.DataFrame, means: dict[str, GroupM
     on disk (``summary``, ``overlap``, ``correlation``, ``regions``, ``errors``; ``group_means/``)."""
     out = Path(config.out)
     summary = summarise(regions, predictions, config)
-    overlap = pd.concat([topk_overlap(_rankings(summary, by), k=config.top_k).assign(by=by) for by in RANKED_BY],
+    k = min(config.top_k, len(atlas.ids))
+    overlap = pd.concat([topk_overlap(_rankings(summary, by), k=k).assign(by=by) for by in RANKED_BY],
                         ignore_index=True) if len(means) > 1 else pd.DataFrame()
     correlation = _correlation(regions, manifest, config)
     group_paths = {label: _save_group_means(mean, affine, out / "group_means", label) for label, mean in means.items()}
@@ -211,6 +214,22 @@ def analyse(regions: pd.DataFrame, errors: pd.DataFrame, means: dict[str, GroupM
     write_tables(tables, out)
     return StudyResult(out, predictions, regions, summary, overlap, correlation, errors, group_paths, maps, atlas,
                        affine, manifest, mean_input, class_names, list(means))
+
+
+def resolve_target(target: int | str | None, class_names: Sequence[str], positive: str) -> int | None:
+    """The explained class index: an index as it is, a class name (``"positive"`` = the disease class
+    ``positive``) looked up in ``class_names``, None for each subject's prediction. DataError naming the
+    classes for an unknown name or an index out of range."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        name = positive if target == "positive" else target
+        if name not in class_names:
+            raise DataError(f"target class {name!r} is not one of the model's classes {list(class_names)}")
+        return list(class_names).index(name)
+    if not 0 <= int(target) < len(class_names):
+        raise DataError(f"target {target} is out of range for the model's classes {list(class_names)}")
+    return int(target)
 
 
 def read_maps_table(source: str | Path) -> pd.DataFrame:
@@ -309,19 +328,20 @@ def summarise(regions: pd.DataFrame, groups: pd.DataFrame, config: StudyConfig) 
 
 
 def _explain_subjects(model: torch.nn.Module, data: VolumeDataset, specs: Sequence[MethodSpec], atlas: Atlas,
-                      affine: np.ndarray, groups: pd.DataFrame, config: StudyConfig,
+                      affine: np.ndarray, groups: pd.DataFrame, config: StudyConfig, target: int | None,
                       progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GroupMeans], np.ndarray]:
     """Explain every subject with every method, one subject in memory at a time: maps written (or
     reused when complete), region rows collected, group sums and the mean input (D, H, W) accumulated."""
     out = Path(config.out)
     explainers = {spec.label: spec.explainer(config.start) for spec in specs}
     means = {spec.label: GroupMeans(groups) for spec in specs}
-    rows: list[pd.DataFrame] = []
+    rows: list[np.ndarray] = []  # compact records: per-subject DataFrames fragment the heap over long runs
     errors: list[dict[str, str]] = []
     device = next(iter(model.parameters())).device
     input_sum, explained = np.zeros(atlas.shape), 0
+    subjects = data.subjects
     for position in tqdm(range(len(data)), desc="explaining", unit="subject", disable=not progress):
-        subject = data.subjects[position]
+        subject = subjects[position]
         try:
             sample = data[position]
         except (LRPError, OSError) as error:
@@ -335,14 +355,14 @@ def _explain_subjects(model: torch.nn.Module, data: VolumeDataset, specs: Sequen
             try:
                 relevance = _reuse(path, atlas.shape)
                 if relevance is None:
-                    relevance = explainer(model, x, config.target)[0, 0].detach().cpu().numpy()
+                    relevance = explainer(model, x, target)[0, 0].detach().cpu().numpy()
                     save_image(relevance, affine, path)
             except LRPError as error:
                 errors.append({"subject": subject, "method": label, "error": str(error)})
                 continue
-            rows.append(region_stats({subject: relevance}, atlas, method=label))
+            rows.append(region_stats({subject: relevance}, atlas, method=label).to_records(index=False))
             means[label].add(subject, relevance)
-    regions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    regions = pd.DataFrame(np.concatenate(rows)) if rows else pd.DataFrame()
     return regions, pd.DataFrame(errors, columns=["subject", "method", "error"]), means, input_sum / max(explained, 1)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from .neuro.io import load_volume
 from .plots import plot_covariate, plot_gain, plot_group_maps, plot_slices, plot_top_regions
 from .report import HtmlReport
-from .study import StudyConfig, StudyResult
+from .study import StudyConfig, StudyResult, resolve_target
 
 __all__ = ["confusion_matrix", "study_figures", "study_report", "top_regions_table"]
 
@@ -96,7 +96,7 @@ def study_report(result: StudyResult, config: StudyConfig, figures: dict[str, Pa
     accuracy = float((predictions["label"] == predictions["prediction"]).mean())
     report.text(f"{len(predictions)} hold-out subjects from {config.data}; model {config.model}. "
                 f"Accuracy {accuracy:.1%}. Explained class: "
-                f"{result.class_names[config.target] if config.target is not None else 'the predicted one'}.")
+                f"{_target_name(result, config)}.")
     report.table(confusion_matrix(predictions).reset_index(), caption="Confusion matrix (rows: true class)")
     report.table(predictions["outcome"].value_counts().rename_axis("group").reset_index(), caption="Outcomes")
     report.heading("Individual subjects")
@@ -131,6 +131,11 @@ def study_report(result: StudyResult, config: StudyConfig, figures: dict[str, Pa
         report.heading("Errors")
         report.table(result.errors)
     return report.write(result.out / "report.html")
+
+
+def _target_name(result: StudyResult, config: StudyConfig) -> str:
+    target = resolve_target(config.target, result.class_names, config.positive)
+    return "each subject's predicted class" if target is None else result.class_names[target]
 
 
 def _shown_subjects(predictions: pd.DataFrame) -> list[str]:

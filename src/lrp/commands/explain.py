@@ -74,6 +74,9 @@ merges the tables and group means. The last line reads: done N, skipped M, faile
     methods.add_argument("--methods", type=comma_list,
                          help="several method specs in one pass, e.g. lrp:alpha1-beta0,lrp:epsilon,guided_backprop "
                               "(replaces --method and --composite)")
+    methods.add_argument("--start", choices=("probability", "logit"), default="probability",
+                         help="what LRP distributes: the class's softmax probability (default, as lrp study and the "
+                              "paper) or its logit")
     methods.add_argument("--target", type=_target, default=1,
                          help="explained class index, or 'predicted' for each subject's prediction (default: 1, the "
                               "disease, as in the paper)")
@@ -127,7 +130,7 @@ def run(options: argparse.Namespace) -> int:
             model.to(device).eval(), data, _method_specs(options), options.out, grid=(shape, affine),
             target=options.target, atlas=atlas, class_names=class_names, positive=options.positive,
             negative=options.negative, batch_size=options.batch_size, num_workers=options.workers,
-            progress=not options.quiet, world=processes)
+            progress=not options.quiet, world=processes, start=options.start)
         if processes.is_main:
             print(f"outputs in {result.out}")
             print(result.summary())

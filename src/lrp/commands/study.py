@@ -8,6 +8,10 @@ from .options import add_analysis_options, add_atlas_options, analysis_overrides
 __all__ = ["register"]
 
 
+def _target(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study", help="explain a hold-out set region by region: maps, tables, group means, figures, report",
@@ -35,7 +39,9 @@ figures/, report.html. A rerun reuses complete maps.""")
                              "gradient (default: lrp:alpha1-beta0,guided_backprop)")
     parser.add_argument("--betas", type=float_list, help="add LRP alpha-beta for these betas (alpha = 1 + beta), "
                                                          "e.g. the paper's 0,0.25,0.5,0.75,1")
-    parser.add_argument("--target", type=int, help="explained class index (default: 1, the disease)")
+    parser.add_argument("--target", type=_target,
+                        help="explained class: an index, a class name, or 'predicted' (default: the --positive "
+                             "class, AD, as in the paper)")
     parser.add_argument("--start", choices=("probability", "logit"),
                         help="what LRP distributes: the class's softmax probability (default, as the paper) or logit")
     parser.add_argument("--reference", help="NIfTI on the grid of HDF5 volumes (gives their affine)")
@@ -61,6 +67,8 @@ def run(options: argparse.Namespace) -> int:
         if missing:
             raise SystemExit(f"lrp study: give {', '.join(missing)} (or a study file with --config)")
         config = StudyConfig(**{key: value for key, value in overrides.items() if value is not None})
+    if config.target == "predicted":
+        config.target = None
     result = run_study(config)
     if config.figures:
         study_report(result, config, study_figures(result, config, result.mean_input), title="LRP study")
