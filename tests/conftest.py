@@ -6,6 +6,7 @@ seeded generator, so that tests are reproducible and comparisons are not limited
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
@@ -235,6 +236,13 @@ def resnet18_model() -> nn.Module:
     """One shared random ResNet-18 (5 classes, float64); tests must not modify it."""
     return make_resnet18()
 
+
+TEMPLATES = Path("/usr/share/mricron/templates")
+"""Where Debian's mricron-data puts Colin27 and the atlases (scripts/setup.sh installs it)."""
+needs_templates = pytest.mark.skipif(
+    not all((TEMPLATES / name).is_file() for name in ("aal.nii.gz", "ch2bet.nii.gz")),
+    reason="needs Colin27 and AAL: apt-get install mricron-data")
+"""Skip marker of tests on the real brain template and atlases."""
 
 REDUCED_DEMO = ("--subjects", "30", "--resolution", "4", "--epochs", "3", "--methods", "lrp:alpha1-beta0,guided_backprop",
                 "--atrophy", "Hippocampus,Amygdala_L", "--quiet")

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TEMPLATES, needs_templates
 
 from lrp.errors import DataError
 from lrp.neuro import Atlas, MissingFileError, load_atlas, load_template, template_path
 from lrp.neuro import atlas as atlas_module
 from lrp.neuro.atlas import HARVARD_OXFORD_CORTICAL
 from lrp.neuro.label_tables import read_area_mapping, read_label_table
-
-TEMPLATES = Path("/usr/share/mricron/templates")
-needs_templates = pytest.mark.skipif(not (TEMPLATES / "aal.nii.gz").is_file(),
-                                     reason="MRIcron templates missing: apt-get install mricron-data")
 
 
 @pytest.fixture(scope="module")

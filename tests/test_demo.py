@@ -1,20 +1,18 @@
 """A reduced ``lrp demo`` end to end (a few subjects on a 4 mm grid), then ``lrp regions`` on its maps."""
 import json
 import re
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_templates
 
 from lrp.cli import main
 from lrp.neuro.ground_truth import GROUND_TRUTH_COLUMNS
 from lrp.neuro.regions import STATS_COLUMNS
 
-TEMPLATES = Path("/usr/share/mricron/templates")
-pytestmark = pytest.mark.skipif(not (TEMPLATES / "aal.nii.gz").is_file(),
-                                reason="needs Colin27 and AAL from the mricron-data package")
+pytestmark = needs_templates
 METHODS = ("lrp_alpha1-beta0", "guided_backprop")
 GROUPS = ("AD", "HC", "TP", "TN", "FP", "FN")
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import needs_templates
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +29,6 @@ from lrp.errors import DataError
 from lrp.neuro.io import load_volume, save_image
 from lrp.train import load_model
 
-TEMPLATES = Path("/usr/share/mricron/templates")
-needs_templates = pytest.mark.skipif(not (TEMPLATES / "aal.nii.gz").is_file(),
-                                     reason="needs Colin27 and AAL from the mricron-data package")
 METHODS = "lrp:alpha1-beta0,guided_backprop"
 RESOLUTION = 4
 COVARIATE_REGION = "Hippocampus_L"  # the first planted region: the demo correlates its volume with its relevance

@@ -1,21 +1,16 @@
 """lrp.neuro.regions: per-region relevance statistics against brute-force numpy masks."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEMPLATES, needs_templates
 
 from lrp.errors import DataError
 from lrp.neuro import Atlas, load_atlas, region_stats, resample_map, save_image
 from lrp.neuro.regions import STATS_COLUMNS
-
-TEMPLATES = Path("/usr/share/mricron/templates")
-needs_templates = pytest.mark.skipif(not (TEMPLATES / "aal.nii.gz").is_file(),
-                                     reason="MRIcron templates missing: apt-get install mricron-data")
 
 
 @pytest.fixture(scope="module")

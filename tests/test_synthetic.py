@@ -15,6 +15,7 @@ import pytest
 import scipy.linalg
 import scipy.ndimage
 import scipy.stats
+from conftest import TEMPLATES, needs_templates
 from nibabel.processing import resample_from_to
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -33,9 +34,6 @@ from lrp.neuro.synthetic import (
     synthesize_subject,
 )
 
-TEMPLATES = Path("/usr/share/mricron/templates")
-needs_templates = pytest.mark.skipif(not (TEMPLATES / "ch2bet.nii.gz").is_file() or not (TEMPLATES / "aal.nii.gz").is_file(),
-                                     reason="needs Colin27 and AAL from the mricron-data package")
 SPEC = CohortSpec(n_subjects=40, resolution_mm=4.0, seed=0)
 STILL = {"deformation_mm": 0.0, "max_rotation_deg": 0.0, "max_translation_mm": 0.0, "max_scale": 0.0,
          "noise_std": 0.0, "bias_strength": 0.0, "ad_severity": (0.0, 0.0), "control_severity": (0.0, 0.0),
