@@ -37,6 +37,7 @@ from .neuro.cohort import GroupMeans, assign_groups, gain, rank_regions, region_
 from .neuro.io import NIFTI_SUFFIXES, load_image, load_volume, save_image
 from .neuro.regions import region_stats, resample_map
 from .neuro.statistics import region_covariate_correlations
+from .streaming import limit_heap_growth
 from .train import load_model, predict
 
 __all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "read_maps_table", "resolve_target", "run_study", "study_grid", "summarise"]
@@ -172,6 +173,7 @@ def study_grid(data: VolumeDataset, preprocess: Preprocess | None, reference: st
 
 def run_study(config: StudyConfig, *, progress: bool = True) -> StudyResult:
     """Run the study described by ``config``; see the module docstring for the outputs."""
+    limit_heap_growth()
     out = Path(config.out)
     specs = config.method_specs()
     model, info = load_model(config.model, device=config.device)
