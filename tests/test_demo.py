@@ -97,3 +97,20 @@ def test_bad_demo_input_is_explained(arguments, message, tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--quiet", *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_command_redraws_a_finished_study(demo, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(demo, folder, ignore=shutil.ignore_patterns("figures", "report.html", "cohort"))
+    # the maps table points into the original folder; the copy's report must still find every file
+    assert main(["report", str(folder), "--title", "again"]) == 0
+    html = (folder / "report.html").read_text()
+    assert "<title>again</title>" in html and "Ground truth" in html
+    assert len(list((folder / "figures").glob("*.png"))) == len(list((demo / "figures").glob("*.png")))
+
+
+def test_report_command_refuses_a_folder_without_a_study(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "study.json" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -227,6 +228,18 @@ def _conclusion(report: HtmlReport, table: pd.DataFrame, verdicts: pd.DataFrame,
                                 "volume share, enrichment")
     report.heading("What makes the explanations localise")
     report.text(FINDING)
+
+
+def ground_truth_section(out: str | Path) -> Callable[[HtmlReport], None] | None:
+    """The report's ground-truth sections for a demo output folder (from ground_truth.csv, flips.csv and
+    metrics.json), or None when ``out`` is not one (``lrp report`` draws them again)."""
+    out = Path(out)
+    if not all((out / name).is_file() for name in ("ground_truth.csv", "flips.csv", "metrics.json")):
+        return None
+    planted = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["planted_regions"]
+    table = pd.read_csv(out / "ground_truth.csv").astype({"rank_gain": "Int64", "rank_density": "Int64"})
+    flips = pd.read_csv(out / "flips.csv", dtype={"subject": str})
+    return lambda report: _conclusion(report, table, verdict(table, planted), flips, planted)
 
 
 def _stage(config: DemoConfig, text: str) -> None:

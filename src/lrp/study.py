@@ -18,6 +18,7 @@ Outputs in ``config.out`` (each written atomically; a rerun reuses complete maps
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +33,35 @@ from tqdm.auto import tqdm
 from .catalog import MethodSpec, parse_method
 from .data import Preprocess, VolumeDataset, open_source
 from .errors import DataError, LRPError
+from .files import write_text
 from .neuro.atlas import Atlas, load_atlas, load_template
-from .neuro.cohort import GroupMeans, assign_groups, gain, rank_regions, region_group_means, topk_overlap, write_tables
+from .neuro.cohort import (
+    OUTCOMES,
+    GroupMeans,
+    assign_groups,
+    gain,
+    rank_regions,
+    region_group_means,
+    topk_overlap,
+    write_tables,
+)
 from .neuro.io import NIFTI_SUFFIXES, load_image, load_volume, save_image
 from .neuro.regions import region_stats, resample_map
 from .neuro.statistics import region_covariate_correlations
 from .streaming import limit_heap_growth
 from .train import load_model, predict
 
-__all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "read_maps_table", "resolve_target", "run_study", "study_grid", "summarise"]
+__all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "load_study", "read_maps_table", "resolve_target", "run_study", "study_grid", "summarise"]
 
 PAPER_BETAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 """The beta sweep of the paper (alpha = 1 + beta)."""
 
 RANKED_BY: tuple[str, ...] = ("sum", "density", "gain")
+
+SETTINGS = "study.json"
+"""The study's settings (StudyConfig fields and the model's class names), written with its tables."""
+ANATOMY = "anatomy.nii.gz"
+"""The mean explained volume, the anatomy under the group figures."""
 
 
 @dataclass
@@ -210,12 +226,46 @@ def analyse(regions: pd.DataFrame, errors: pd.DataFrame, means: dict[str, GroupM
                         ignore_index=True) if len(means) > 1 else pd.DataFrame()
     correlation = _correlation(regions, manifest, config)
     group_paths = {label: _save_group_means(mean, affine, out / "group_means", label) for label, mean in means.items()}
-    tables = {"regions": regions, "summary": summary, "overlap": overlap, "errors": errors}
+    tables = {"predictions": predictions, "subjects": manifest, "maps": maps, "regions": regions,
+              "summary": summary, "overlap": overlap, "errors": errors}
     if correlation is not None:
         tables["correlation"] = correlation
     write_tables(tables, out)
+    save_image(mean_input, affine, out / ANATOMY)
+    write_text(out / SETTINGS, json.dumps({**dataclasses.asdict(config), "class_names": list(class_names)},
+                                          indent=2) + "\n")
     return StudyResult(out, predictions, regions, summary, overlap, correlation, errors, group_paths, maps, atlas,
                        affine, manifest, mean_input, class_names, list(means))
+
+
+def load_study(out: str | Path) -> tuple[StudyResult, StudyConfig]:
+    """A finished study (``lrp study``, ``lrp regions``, ``lrp demo``) read back from its folder, e.g. to
+    draw its figures and report again (``lrp report``). DataError when the folder holds no study."""
+    out = Path(out)
+    if not (out / SETTINGS).is_file():
+        raise DataError(f"{out}: no {SETTINGS}; not the output folder of lrp study, regions or demo")
+    settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    class_names = settings.pop("class_names")
+    config = StudyConfig(**{**settings, "out": str(out)})
+
+    def table(name: str) -> pd.DataFrame | None:
+        path = out / f"{name}.csv"
+        return pd.read_csv(path, dtype={"subject": str}) if path.is_file() and path.stat().st_size else None
+
+    anatomy, affine = load_volume(out / ANATOMY)
+    atlas = _study_atlas(config, anatomy.shape, affine)
+    summary = table("summary")
+    methods = list(dict.fromkeys(summary["method"]))
+    groups = (config.positive, config.negative, *OUTCOMES)
+    group_means = {method: {group: out / "group_means" / f"{method}_{group}.nii.gz" for group in groups
+                            if (out / "group_means" / f"{method}_{group}.nii.gz").is_file()}
+                   for method in methods}
+    overlap, errors = table("overlap"), table("errors")
+    result = StudyResult(out, table("predictions"), table("regions"), summary,
+                         pd.DataFrame() if overlap is None else overlap, table("correlation"),
+                         pd.DataFrame(columns=["subject", "method", "error"]) if errors is None else errors,
+                         group_means, table("maps"), atlas, affine, table("subjects"), anatomy, class_names, methods)
+    return result, config
 
 
 def resolve_target(target: int | str | None, class_names: Sequence[str], positive: str) -> int | None:
