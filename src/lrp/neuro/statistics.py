@@ -21,7 +21,7 @@ __all__ = ["CorrelationResult", "covariate_correlation", "region_covariate_corre
 
 Method = Literal["pearson", "spearman"]
 Alternative = Literal["two-sided", "greater", "less"]
-_PERMUTATION_BATCH = 1000
+_PERMUTATION_BATCH = 100
 """Permutations evaluated per vectorised call: memory O(batch × n subjects)."""
 
 
