@@ -46,7 +46,7 @@ from .neuro.cohort import (
     write_tables,
 )
 from .neuro.io import NIFTI_SUFFIXES, load_image, load_volume, save_image
-from .neuro.regions import region_stats, resample_map
+from .neuro.regions import RegionTable, region_stats, resample_map
 from .neuro.statistics import region_covariate_correlations
 from .streaming import limit_heap_growth
 from .train import load_model, predict
@@ -387,7 +387,7 @@ def _explain_subjects(model: torch.nn.Module, data: VolumeDataset, specs: Sequen
     out = Path(config.out)
     explainers = {spec.label: spec.explainer(config.start) for spec in specs}
     means = {spec.label: GroupMeans(groups) for spec in specs}
-    rows: list[np.ndarray] = []  # compact records: per-subject DataFrames fragment the heap over long runs
+    rows = RegionTable(atlas)
     errors: list[dict[str, str]] = []
     device = next(iter(model.parameters())).device
     input_sum, explained = np.zeros(atlas.shape), 0
@@ -412,9 +412,9 @@ def _explain_subjects(model: torch.nn.Module, data: VolumeDataset, specs: Sequen
             except LRPError as error:
                 errors.append({"subject": subject, "method": label, "error": str(error)})
                 continue
-            rows.append(region_stats({subject: relevance}, atlas, method=label).to_records(index=False))
+            rows.add(subject, relevance, label)
             means[label].add(subject, relevance)
-    regions = pd.DataFrame(np.concatenate(rows)) if rows else pd.DataFrame()
+    regions = rows.frame()
     return regions, pd.DataFrame(errors, columns=["subject", "method", "error"]), means, input_sum / max(explained, 1)
 
 

@@ -17,7 +17,7 @@ from ..errors import DataError
 from .atlas import Atlas
 from .io import Grid, ImageSource, as_volume, count_nonfinite, describe, grid_of, load_image
 
-__all__ = ["STATS_COLUMNS", "MapSource", "region_stats", "resample_map"]
+__all__ = ["STATS_COLUMNS", "MapSource", "RegionTable", "region_stats", "resample_map"]
 
 STATS_COLUMNS = ("subject", "region_id", "region", "voxels", "volume_mm3", "sum", "density", "positive", "negative",
                  "share")
@@ -51,18 +51,37 @@ def region_stats(maps: Mapping[Any, MapSource] | np.ndarray | torch.Tensor, atla
     NaN/inf values. Cost: three ``np.bincount`` passes over the labelled voxels of each map, whatever the
     number of regions.
     """
-    labels = _LabelIndex(atlas)
-    subject_column: list[Any] = []
-    parts: list[dict[str, np.ndarray]] = []
+    table = RegionTable(atlas)
     for subject, source in _subject_maps(maps, subjects, atlas.shape):
-        parts.append(labels.stats(_on_atlas_grid(source, subject, atlas)))
-        subject_column += [subject] * len(atlas.ids)
-    table = pd.DataFrame({"subject": pd.Series(subject_column, dtype=object)} | {
-        name: np.concatenate([part[name] for part in parts]) if parts else np.array([], dtype=dtype)
-        for name, dtype in zip(STATS_COLUMNS[1:], _DTYPES)})
-    if method is not None:
-        table["method"] = method
-    return table
+        table.add(subject, source, method)
+    return table.frame()
+
+
+class RegionTable:
+    """The rows of :func:`region_stats` for maps added one at a time (a study adds thousands): per map only
+    the per-region numbers are kept, as arrays, and the table is built once by :meth:`frame`."""
+
+    def __init__(self, atlas: Atlas) -> None:
+        self.atlas = atlas
+        self._labels = _LabelIndex(atlas)
+        self._keys: list[tuple[Any, str | None]] = []
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, subject: Any, relevance: MapSource, method: str | None = None) -> None:
+        """Add the rows of one map (checked like :func:`region_stats`' maps) of ``subject`` and ``method``."""
+        self._parts.append(self._labels.stats(_on_atlas_grid(relevance, subject, self.atlas)))
+        self._keys.append((subject, method))
+
+    def frame(self) -> pd.DataFrame:
+        """The table of every map added: :data:`STATS_COLUMNS`, plus ``method`` when any map has one."""
+        regions = len(self.atlas.ids)
+        table = pd.DataFrame({"subject": pd.Series([subject for subject, _ in self._keys for _ in range(regions)],
+                                                   dtype=object)} | {
+            name: np.concatenate([part[name] for part in self._parts]) if self._parts else np.array([], dtype=dtype)
+            for name, dtype in zip(STATS_COLUMNS[1:], _DTYPES)})
+        if any(method is not None for _, method in self._keys):
+            table["method"] = [method for _, method in self._keys for _ in range(regions)]
+        return table
 
 
 class _LabelIndex:
