@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_table import print_table
 
 
 def main() -> int:
@@ -57,7 +58,7 @@ def main() -> int:
             rows.append(_measure(root, 1, size, options))
     print(f"\nlrp explain, DemoCNN3d on {grid} noise volumes, methods {options.methods}, {options.workers} DataLoader "
           f"worker(s) per process, {os.cpu_count()} CPU cores")
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
@@ -184,14 +185,6 @@ def _pss(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _print_table(rows: list[tuple]) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for number, row in enumerate(rows):
-        print("| " + " | ".join(f"{cell!s:>{width}}" for cell, width in zip(row, widths)) + " |")
-        if number == 0:
-            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_table import print_table
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
 
@@ -51,7 +52,7 @@ def main() -> int:
         rows += [_measure(root, size, options) for size in sizes]
     print(f"\nlrp study, DemoCNN3d on {grid} noise volumes, methods {options.methods}, figures "
           f"{'on' if options.figures else 'off'}, {options.threads} thread(s)")
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
@@ -143,14 +144,6 @@ def _peak_rss_kib() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
-def _print_table(rows: list[tuple]) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for number, row in enumerate(rows):
-        print("| " + " | ".join(f"{cell!s:>{width}}" for cell, width in zip(row, widths)) + " |")
-        if number == 0:
-            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
 
 
 if __name__ == "__main__":
