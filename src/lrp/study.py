@@ -46,7 +46,7 @@ from .neuro.cohort import (
     write_tables,
 )
 from .neuro.io import NIFTI_SUFFIXES, load_image, load_volume, save_image
-from .neuro.regions import RegionTable, region_stats, resample_map
+from .neuro.regions import RegionTable, resample_map
 from .neuro.statistics import region_covariate_correlations
 from .streaming import limit_heap_growth
 from .train import load_model, predict
@@ -198,13 +198,11 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> StudyResult:
     data = open_source(config.data, transform=preprocess, classes=class_names)
     shape, affine = study_grid(data, preprocess, config.reference)
     atlas = _study_atlas(config, shape, affine)
-
+    target = resolve_target(config.target, class_names, config.positive)
     predictions = predict(model, data, batch_size=config.batch_size, device=config.device, progress=progress,
                           class_names=class_names)
     predictions = assign_groups(predictions, positive=config.positive, negative=config.negative,
                                 class_names=class_names)
-    write_tables({"predictions": predictions}, out)
-    target = resolve_target(config.target, class_names, config.positive)
     regions, errors, means, mean_input = _explain_subjects(model, data, specs, atlas, affine, predictions, config,
                                                            target, progress)
     maps = pd.DataFrame([{"subject": subject, "method": spec.label,
@@ -339,19 +337,19 @@ def analyse_maps(maps: pd.DataFrame, subjects: pd.DataFrame, config: StudyConfig
     shape, affine = tuple(int(d) for d in reference.shape[:3]), reference.affine
     atlas = _study_atlas(config, shape, affine)
     means = {method: GroupMeans(groups) for method in maps["method"].unique()}
-    rows = []
+    rows = RegionTable(atlas)
     for row in tqdm(maps.itertuples(), total=len(maps), desc="regions", unit="map", disable=not progress):
         relevance, map_affine = load_volume(row.path, finite=True)
         if relevance.shape != shape or not np.allclose(map_affine, affine, atol=1e-3):
             raise DataError(f"{row.path}: grid {relevance.shape} with affine\n{map_affine}\ndiffers from the first "
                             f"map's {shape} with affine\n{affine}")
-        rows.append(region_stats({row.subject: relevance}, atlas, method=row.method))
+        rows.add(row.subject, relevance, row.method)
         means[row.method].add(row.subject, relevance)
     anatomy = load_volume(background)[0] if background else np.asarray(
         resample_map(load_template("ch2bet"), (shape, affine)).dataobj)
     errors = pd.DataFrame(columns=["subject", "method", "error"])
     explained = groups[groups["subject"].isin(maps["subject"])]
-    return analyse(pd.concat(rows, ignore_index=True), errors, means, explained, subjects, maps, atlas, affine,
+    return analyse(rows.frame(), errors, means, explained, subjects, maps, atlas, affine,
                    anatomy, list(class_names), config)
 
 
