@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .errors import DataError
 from .files import atomic_path
-from .neuro.io import NIFTI_SUFFIXES, load_volume
+from .neuro.io import is_nifti, load_volume, nifti_stem
 
 __all__ = ["SPLITS", "HDF5Dataset", "NiftiDataset", "Preprocess", "VolumeDataset", "open_source", "split_patients",
            "write_split"]
@@ -283,7 +283,7 @@ class NiftiDataset(VolumeDataset):
             manifest, class_names = _folder_manifest(source), classes
         elif source.suffix.lower() == ".csv":
             manifest, class_names = _csv_manifest(source, classes)
-        elif _is_nifti(source):
+        elif is_nifti(source):
             if not source.is_file():
                 raise DataError(f"{source}: no such file")
             manifest, class_names = _path_manifest([source.absolute()]), classes
@@ -319,7 +319,7 @@ def open_source(spec: str | Path, *, transform: Callable[[np.ndarray], np.ndarra
         raise DataError(f"{path}: no such file or folder")
     if suffix in (".h5", ".hdf5"):
         return HDF5Dataset.by_convention(path, transform=transform, classes=classes)
-    if path.is_dir() or suffix == ".csv" or _is_nifti(path):
+    if path.is_dir() or suffix == ".csv" or is_nifti(path):
         return NiftiDataset(path, transform=transform, classes=classes)
     raise DataError(f"{path}: unknown data source; give an HDF5 file (.h5, .hdf5), a CSV manifest (.csv), "
                     f"a folder of NIfTI files or a NIfTI file (.nii, .nii.gz)")
@@ -477,14 +477,14 @@ def _checked_manifest(manifest: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def _folder_manifest(folder: Path) -> pd.DataFrame:
-    files = sorted(path for path in folder.iterdir() if path.is_file() and _is_nifti(path))
+    files = sorted(path for path in folder.iterdir() if path.is_file() and is_nifti(path))
     if not files:
         raise DataError(f"{folder}: no NIfTI files (.nii, .nii.gz) in this folder")
     return _path_manifest([path.absolute() for path in files])
 
 
 def _path_manifest(paths: list[Path]) -> pd.DataFrame:
-    subjects = [_stem(path) for path in paths]
+    subjects = [nifti_stem(path) for path in paths]
     return pd.DataFrame({"subject": subjects, "patient": subjects, "label": np.full(len(paths), -1),
                          "path": [str(path) for path in paths]})
 
@@ -500,7 +500,7 @@ def _csv_manifest(csv: Path, classes: Sequence[str] | None) -> tuple[pd.DataFram
     absent = [str(path) for path in paths if not path.is_file()]
     if absent:
         raise DataError(f"{csv}: {len(absent)} file(s) listed in 'path' do not exist: {_first(absent)}")
-    subjects = table["subject"] if "subject" in table.columns else pd.Series([_stem(path) for path in paths])
+    subjects = table["subject"] if "subject" in table.columns else pd.Series([nifti_stem(path) for path in paths])
     for column, values in (("subject", subjects), ("patient", table.get("patient"))):
         if values is not None and _blank(values).any():
             raise DataError(f"{csv}: empty '{column}' on line(s) {_lines(_blank(values))}")
@@ -618,18 +618,6 @@ def _checked_grid(grid: Sequence[int]) -> tuple[int, int, int]:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[:-len(suffix)]
-    return path.stem
-
-
 def _resolve(value: str, folder: Path) -> Path:
     path = Path(str(value).strip()).expanduser()
     return (path if path.is_absolute() else folder / path).absolute()

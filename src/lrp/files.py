@@ -12,9 +12,10 @@ __all__ = ["atomic_path", "write_text"]
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same folder, same suffixes) to write to; on success it
-    gets the usual permissions (0666 less the umask) and is renamed to ``path`` (``os.replace``, atomic on one file system), on an exception it is deleted
-    and ``path`` is left as it was. Parent folders are created."""
+    """Yield a temporary path beside ``path`` (same folder, same suffixes) to write to. On success it gets
+    the permissions of the file it replaces (or 0666 less the umask) and is renamed to ``path``
+    (``os.replace``, atomic on one file system); on an exception it is deleted and ``path`` is left as it
+    was. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
@@ -24,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

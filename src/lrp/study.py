@@ -45,7 +45,7 @@ from .neuro.cohort import (
     topk_overlap,
     write_tables,
 )
-from .neuro.io import NIFTI_SUFFIXES, load_image, load_volume, save_image
+from .neuro.io import is_nifti, load_image, load_volume, nifti_stem, save_image
 from .neuro.regions import RegionTable, resample_map
 from .neuro.statistics import region_covariate_correlations
 from .streaming import limit_heap_growth
@@ -297,13 +297,14 @@ def read_maps_table(source: str | Path) -> pd.DataFrame:
             raise DataError(f"{source}: a maps table needs a 'path' column (columns: {list(table.columns)})")
         table["path"] = [str(p if Path(p).is_absolute() else (source.parent / p)) for p in table["path"]]
         if "subject" not in table.columns:
-            table["subject"] = [_subject_of(Path(p)) for p in table["path"]]
+            table["subject"] = [nifti_stem(p) for p in table["path"]]
         if "method" not in table.columns:
             table["method"] = source.stem
     elif source.is_dir():
         folders = sorted(p for p in source.iterdir() if p.is_dir()) or [source]
-        table = pd.DataFrame([{"subject": _subject_of(path), "method": folder.name, "path": str(path)}
-                              for folder in folders for path in sorted(folder.iterdir()) if _is_nifti(path)])
+        table = pd.DataFrame([{"subject": nifti_stem(path), "method": folder.name, "path": str(path)}
+                              for folder in folders for path in sorted(folder.iterdir())
+                              if path.is_file() and is_nifti(path)])
     else:
         raise DataError(f"{source}: give a folder of NIfTI maps (or of per-method folders) or a CSV with a "
                         f"'path' column")
@@ -464,18 +465,6 @@ def _correlation(regions: pd.DataFrame, manifest: pd.DataFrame, config: StudyCon
     return region_covariate_correlations(regions, explained[["subject", config.covariate]],
                                          region=config.covariate_region, covariate=config.covariate,
                                          permutations=config.permutations, seed=config.seed)
-
-
-def _subject_of(path: Path) -> str:
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def _looks_like_path(value: str) -> bool:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..errors import DataError, NonFiniteError
 from ..files import atomic_path
+from ..tables import require_columns
 from .io import save_image
 
 __all__ = ["OUTCOMES", "RANKING_KEYS", "REGION_KEYS", "GroupMeans", "assign_groups", "gain", "group_mean_maps",
@@ -65,7 +66,7 @@ def assign_groups(subjects: pd.DataFrame, *, positive: str = "AD", negative: str
     if positive == negative or positive not in class_names or negative not in class_names:
         raise ValueError(f"positive {positive!r} and negative {negative!r} must be two different entries of "
                          f"class_names {class_names}")
-    _require_columns(subjects, ("subject", "label", "prediction"), "subjects")
+    require_columns(subjects, ("subject", "label", "prediction"), "subjects")
     keys = _subject_keys(subjects["subject"], "subjects")
     named = {column: [_class_name(value, class_names) for value in subjects[column]]
              for column in ("label", "prediction")}
@@ -95,7 +96,7 @@ def _class_name(value: object, class_names: tuple[str, ...]) -> str | None:
 
 def _resolve_groups(groups: pd.DataFrame, which: Sequence[str] | None) -> tuple[str, ...]:
     """The requested group names, checked against ``groups``; None gives (positive, negative, *OUTCOMES)."""
-    _require_columns(groups, ("subject", "group_true", "outcome"), "groups")
+    require_columns(groups, ("subject", "group_true", "outcome"), "groups")
     bad_outcomes = sorted(set(map(str, groups["outcome"])) - set(OUTCOMES))
     if bad_outcomes:
         raise DataError(f"groups.outcome must be one of {OUTCOMES}, got {bad_outcomes} (use assign_groups)")
@@ -295,7 +296,7 @@ def rank_regions(table: pd.DataFrame, by: str = "sum", top: int | None = None) -
     top: keep the first ``top`` ranked rows of each ranking (exactly ``top`` unless fewer are ranked).
     Returns a copy of ``table`` with an Int64 column ``rank``.
     """
-    _require_columns(table, ("region", by), "table")
+    require_columns(table, ("region", by), "table")
     if not pd.api.types.is_numeric_dtype(table[by]):
         raise DataError(f"table.{by} must be numeric to rank regions, it has dtype {table[by].dtype}")
     if top is not None and (int(top) != top or top < 1):
@@ -353,7 +354,7 @@ def overlap_matrix(overlap: pd.DataFrame, value: str = "jaccard") -> pd.DataFram
     """
     if value not in ("jaccard", "intersection"):
         raise ValueError(f"value must be 'jaccard' or 'intersection', got {value!r}")
-    _require_columns(overlap, ("run_a", "run_b", "k", value), "overlap")
+    require_columns(overlap, ("run_a", "run_b", "k", value), "overlap")
     runs = list(dict.fromkeys([*overlap["run_a"], *overlap["run_b"]]))
     diagonal = 1.0 if value == "jaccard" else overlap["k"].iloc[0] if len(overlap) else np.nan
     matrix = pd.DataFrame(np.nan, index=pd.Index(runs, name="run"), columns=pd.Index(runs, name="run"))
@@ -388,15 +389,6 @@ def _output_path(out_dir: str | Path, stem: str, suffix: str) -> Path:
 
 
 # -- checks ----------------------------------------------------------------------------------------
-def _require_columns(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    """Raise DataError unless ``table`` is a DataFrame with every one of ``columns``."""
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(table).__name__}")
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise DataError(f"{name} lacks column(s) {missing}; it has {list(table.columns)}")
-
-
 def _subject_keys(subjects: pd.Series, name: str, unique: bool = True) -> list[str]:
     """Subject identifiers as strings; DataError for a missing one or (if ``unique``) a duplicate."""
     if subjects.isna().any():
@@ -409,7 +401,7 @@ def _subject_keys(subjects: pd.Series, name: str, unique: bool = True) -> list[s
 
 def _stats_by_group(stats: pd.DataFrame, groups: pd.DataFrame, value: str) -> pd.DataFrame:
     """``stats`` rows repeated for both groups of their subject, with a ``group`` column."""
-    _require_columns(stats, ("subject", "region", value), "stats")
+    require_columns(stats, ("subject", "region", value), "stats")
     if not pd.api.types.is_numeric_dtype(stats[value]):
         raise DataError(f"stats.{value} must be numeric, it has dtype {stats[value].dtype}")
     membership = pd.DataFrame({"_key": _subject_keys(groups["subject"], "groups"),
@@ -430,6 +422,6 @@ def _ranking_lists(rankings: Mapping[str, Sequence[str]] | pd.DataFrame) -> dict
     """{run: region names, best first} from a mapping or a (run, region, rank) table."""
     if not isinstance(rankings, pd.DataFrame):
         return {run: list(regions) for run, regions in rankings.items()}
-    _require_columns(rankings, ("run", "region", "rank"), "rankings")
+    require_columns(rankings, ("run", "region", "rank"), "rankings")
     ranked = rankings[rankings["rank"].notna()].sort_values("rank", kind="stable")
     return {run: list(ranked.loc[ranked["run"] == run, "region"]) for run in dict.fromkeys(rankings["run"])}

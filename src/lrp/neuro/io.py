@@ -28,8 +28,10 @@ __all__ = [
     "MissingFileError",
     "describe",
     "grid_of",
+    "is_nifti",
     "load_image",
     "load_volume",
+    "nifti_stem",
     "save_image",
 ]
 
@@ -40,6 +42,20 @@ Grid = tuple[tuple[int, int, int], np.ndarray]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 """The file name endings of NIfTI images we write, longest first."""
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """Whether the file name ends in .nii or .nii.gz (any case)."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """The file name without .nii.gz / .nii (``sub-01.nii.gz`` -> ``sub-01``), else without its last suffix."""
+    path = Path(path)
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 class MissingFileError(DataError, FileNotFoundError):

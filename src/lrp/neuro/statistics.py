@@ -15,7 +15,8 @@ import pandas as pd
 import scipy.stats
 
 from ..errors import DataError
-from .cohort import _require_columns, _subject_keys
+from ..tables import require_columns
+from .cohort import _subject_keys
 
 __all__ = ["CorrelationResult", "covariate_correlation", "region_covariate_correlations"]
 
@@ -112,9 +113,9 @@ def region_covariate_correlations(stats: pd.DataFrame, covariates: pd.DataFrame,
     missing_mapping = [name for name in regions if name not in covariate_of]
     if missing_mapping:
         raise ValueError(f"covariate names no column for region(s) {missing_mapping}")
-    _require_columns(stats, ("subject", "region", value), "stats")
+    require_columns(stats, ("subject", "region", value), "stats")
     by_method = "method" in stats.columns
-    _require_columns(covariates, ("subject", *sorted({covariate_of[name] for name in regions})), "covariates")
+    require_columns(covariates, ("subject", *sorted({covariate_of[name] for name in regions})), "covariates")
     unknown = [name for name in regions if name not in set(stats["region"])]
     if unknown:
         raise DataError(f"stats has no region(s) {unknown}; it has {sorted(map(str, stats['region'].unique()))}")

@@ -7,11 +7,12 @@ notebooks. Saving writes to a temporary file in the target folder, then renames 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ..files import atomic_path
 
 __all__ = ["SAVE_FORMATS", "new_figure", "save_figure"]
 
@@ -43,25 +44,9 @@ def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 150) -> P
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot save {path}: folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format=file_format, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
-        os.chmod(temporary, _new_file_mode(path))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, temporary.open("wb") as stream:
+        figure.savefig(stream, format=file_format, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
     return path
-
-
-def _new_file_mode(path: Path) -> int:
-    """The permissions ``path`` has now, or those a newly created file gets (mkstemp makes 0600)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def finish(figure: Figure, path: str | os.PathLike | None) -> Figure:

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import DataError
+from ..tables import require_columns
 from .arrays import as_array
 from .figures import finish, new_figure
 
@@ -64,7 +65,7 @@ def plot_top_regions(stats: pd.DataFrame, *, by: Literal["sum", "density", "gain
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     column = "sum" if by == "gain" else by
-    _require_columns(stats, ["subject", "region", column], "stats")
+    require_columns(stats, ["subject", "region", column], "stats")
     _require_one_method(stats)
     values = _subject_by_region(stats, column)
     membership = _subject_groups(stats, groups, values.index)
@@ -135,7 +136,7 @@ def plot_gain(gain_table: pd.DataFrame | pd.Series, *, k: int = 10, value: str =
         gain_table = gain_table.rename(value).rename_axis("region").reset_index()
     if "region" not in gain_table.columns:
         gain_table = gain_table.rename_axis("region").reset_index()
-    _require_columns(gain_table, ["region", value], "gain_table")
+    require_columns(gain_table, ["region", value], "gain_table")
     if "method" not in gain_table.columns:
         gain_table = gain_table.assign(method=value)
     if gain_table.duplicated(["region", "method"]).any():
@@ -211,14 +212,6 @@ def plot_covariate(x: Any, y: Any, *, xlabel: str, ylabel: str, p_value: float |
     return finish(figure, path)
 
 
-def _require_columns(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(table).__name__}")
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise DataError(f"{name} lacks the column(s) {missing}; it has {list(table.columns)}")
-
-
 def _require_one_method(stats: pd.DataFrame) -> None:
     if "method" in stats.columns and stats["method"].nunique() > 1:
         methods = sorted(map(str, stats["method"].unique()))
@@ -239,7 +232,7 @@ def _subject_groups(stats: pd.DataFrame, groups: str | Mapping[Any, Any] | pd.Se
     if groups is None:
         return pd.Series("all", index=subjects)
     if isinstance(groups, str):
-        _require_columns(stats, [groups], "stats")
+        require_columns(stats, [groups], "stats")
         per_subject = stats.groupby("subject")[groups].nunique(dropna=False)
         if (per_subject > 1).any():
             raise DataError(f"column {groups!r} gives some subjects several groups: {list(per_subject.index[per_subject > 1][:5])}")
