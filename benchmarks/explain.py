@@ -6,8 +6,7 @@
 A synthetic set of noise volumes (NIfTI) on ``--grid``, the untrained demo model (DemoCNN3d) and an
 eight-region atlas are written to a temporary folder. Each configuration runs in fresh processes
 (``torch.distributed.run --standalone`` for several), as ``lrp explain`` would: every rank loads the
-model, opens the data, joins the process group and calls ``lrp.streaming.explain_dataset`` (after
-``limit_heap_growth``, as ``lrp explain`` does). The
+model, opens the data, joins the process group and calls ``lrp.streaming.explain_dataset``. The
 table gives the loop's throughput (volumes / seconds between two barriers around the loop, on rank 0),
 the wall time of the whole command (start-up included), and the peak memory of the process tree
 (launcher, ranks, DataLoader workers): the largest sum of PSS (proportional set size, so pages shared
@@ -121,11 +120,10 @@ def _rank_run(data: Path, out: Path, options: argparse.Namespace) -> int:
     from lrp.data import Preprocess, open_source
     from lrp.distributed import world
     from lrp.neuro.atlas import load_atlas
-    from lrp.streaming import explain_dataset, limit_heap_growth
+    from lrp.streaming import explain_dataset
     from lrp.study import study_grid
     from lrp.train import load_model
 
-    limit_heap_growth()
     root = data.parent
     with world("cpu") as processes:
         model, info = load_model(root / "model")

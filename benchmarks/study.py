@@ -9,8 +9,11 @@ classes are predicted; saved by ``lrp.train.train``) and an eight-region atlas (
 ``lrp.neuro.atlas.Atlas.from_array`` + a label table) are written to a temporary folder. Each size runs
 ``lrp study`` (``lrp.cli.main``; figures off unless ``--figures``; the covariate correlated with octant1,
 1000 permutations; top-4 overlaps) in a fresh process with ``--threads`` intra-op threads, which reports its
-own peak resident set size (``VmHWM`` in /proc/self/status) after the imports and at the end. The table
-gives both, the growth between them (what the study itself needed), and the study's wall time.
+own peak resident set size (``VmHWM`` in /proc/self/status) after the imports, after the loop that explains
+the subjects (maps written, region rows collected: ``lrp.study._explain_subjects``) and at the end. The table
+gives the first, the growth over it by the end of that loop (volumes and explanations: should not grow with
+the count) and by the end of the study (the analysis of the region table, whose rows grow with subjects ×
+regions × methods), and the study's wall time.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def main() -> int:
         root = Path(options.keep or scratch)
         print(f"writing {max(sizes)} volumes of {grid} to {root} ...", file=sys.stderr)
         _make_data(root, max(sizes), grid, options.threads)
-        rows = [("subjects", "study s", "peak RSS after imports MiB", "peak RSS MiB", "growth MiB")]
+        rows = [("subjects", "study s", "peak RSS after imports MiB", "growth while explaining MiB",
+                 "growth at the end MiB")]
         rows += [_measure(root, size, options) for size in sizes]
     print(f"\nlrp study, DemoCNN3d on {grid} noise volumes, methods {options.methods}, figures "
           f"{'on' if options.figures else 'off'}, {options.threads} thread(s)")
@@ -111,17 +115,25 @@ def _measure(root: Path, count: int, options: argparse.Namespace) -> tuple:
     if finished.returncode:
         raise SystemExit(f"{count} subjects: exit status {finished.returncode}")
     report = json.loads(finished.stdout.strip().splitlines()[-1])
-    before, after = report["peak_after_imports"] / 2**10, report["peak"] / 2**10
-    return count, f"{report['seconds']:.1f}", f"{before:.0f}", f"{after:.0f}", f"{after - before:.0f}"
+    before, explaining, after = (report[key] / 2**10 for key in ("peak_after_imports", "peak_explaining", "peak"))
+    return count, f"{report['seconds']:.1f}", f"{before:.0f}", f"{explaining - before:.0f}", f"{after - before:.0f}"
 
 
 def _child(data: Path, out: Path, options: argparse.Namespace) -> int:
     """What one measured process does: ``lrp study`` in-process, then its peak memory as a JSON line."""
     import contextlib
 
-    import lrp.study_report  # noqa: F401  (with lrp.study, torch and matplotlib, before the baseline)
+    import lrp.study
+    import lrp.study_report  # imported before the baseline, with torch and matplotlib
     from lrp.cli import main as run_lrp
 
+    explain_subjects, peaks = lrp.study._explain_subjects, {}
+
+    def explain_and_measure(*args, **kwargs):  # the loop over the subjects, region table built
+        result = explain_subjects(*args, **kwargs)
+        peaks["explaining"] = _peak_rss_kib()
+        return result
+    lrp.study._explain_subjects = explain_and_measure
     root = data.parent
     before = _peak_rss_kib()
     started = time.perf_counter()
@@ -133,7 +145,7 @@ def _child(data: Path, out: Path, options: argparse.Namespace) -> int:
         status = run_lrp(arguments)
     if status:
         return status
-    print(json.dumps({"peak_after_imports": before, "peak": _peak_rss_kib(),
+    print(json.dumps({"peak_after_imports": before, "peak_explaining": peaks["explaining"], "peak": _peak_rss_kib(),
                       "seconds": time.perf_counter() - started}))
     return 0
 

@@ -14,12 +14,13 @@ import torch.nn as nn
 from torch import Tensor
 
 import lrp
+import lrp.layers
 from lrp import composites as families
 from lrp import rules
 
 from conftest import (
     assert_relevance_close, canonizers_for, make_cnn2d, make_cnn3d, make_mlp, make_resnet18, random_input,
-    seeded, zennit_composite, zennit_relevance, zennit_uniform,
+    randomize_batch_norm, seeded, zennit_composite, zennit_relevance, zennit_uniform,
 )
 
 # model name -> (factory, input shape); batch sizes > 1 everywhere so that samples cannot mix.
@@ -114,6 +115,26 @@ RULES: list[rules.Rule] = [
 @pytest.mark.parametrize("model_name", ["mlp", "mlp-tanh", "cnn2d"])
 def test_rule_matches_zennit(models, model_name: str, rule: rules.Rule):
     model, x = models[model_name], _input(model_name, signed=True)
+    ours = lrp.explain(model, x, composite=rule).relevance
+    reference = zennit_relevance(model, x, zennit_uniform(rule, canonizers_for(model)))
+    assert_relevance_close(ours, reference)
+
+
+def _mlp_with_batch_norm() -> nn.Module:
+    seeded(3)
+    model = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10), nn.ReLU(),
+                          nn.Linear(10, 4))
+    return randomize_batch_norm(model).double().eval()
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+@pytest.mark.parametrize("model_name", ["mlp-tanh", "mlp-batchnorm"])
+def test_dense_weights_modified_block_by_block_match_zennit(monkeypatch, models, model_name: str, rule: rules.Rule):
+    """Large dense weights (VGG-16's 400 MB layer) are modified in blocks of rows (lrp.layers.BlockWeight);
+    with a 64-byte bound every weight here is, one or two rows per block, BatchNorm folded in per block."""
+    monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 64)
+    model = models[model_name] if model_name in models else _mlp_with_batch_norm()
+    x = _input("mlp-tanh", signed=True)
     ours = lrp.explain(model, x, composite=rule).relevance
     reference = zennit_relevance(model, x, zennit_uniform(rule, canonizers_for(model)))
     assert_relevance_close(ours, reference)

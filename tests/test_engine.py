@@ -8,6 +8,7 @@ float64 reference below, which applies the rules one step at a time with plain a
 from __future__ import annotations
 
 import copy
+import gc
 import re
 import warnings
 from typing import Callable
@@ -1194,6 +1195,28 @@ def test_no_global_hooks_or_function_modes_left() -> None:
         lrp.explain(nn.Sequential(nn.Linear(5, 5), Raising()), torch.randn(2, 5))
     assert not module._global_forward_hooks and not module._global_forward_pre_hooks
     assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.parametrize("composite,params,keep_layers", [
+    ("epsilon", {}, False), ("epsilon-gamma-box", {"low": -3.0, "high": 3.0}, True), ("alpha2-beta1", {}, False),
+])
+@pytest.mark.parametrize("model", ["residual", "softmax"])
+def test_explanation_leaves_no_reference_cycles(model: str, composite: str, params: dict,
+                                                keep_layers: bool) -> None:
+    """Everything a call allocates is freed by reference counting when its result is dropped; tensors
+    kept alive by a cycle until the garbage collector runs fragment the heap call after call."""
+    net = ResBlockNet().to(DT) if model == "residual" else nn.Sequential(_mlp(), nn.Softmax(dim=1))
+    x = torch.randn(3, *((2, 4, 4) if model == "residual" else (5,)), dtype=DT)
+    lrp.explain(net, x, composite=composite, keep_layers=keep_layers, **params)
+    gc.collect()
+    gc.disable()
+    try:
+        expl = lrp.explain(net, x, composite=composite, keep_layers=keep_layers, **params)
+        expl.conservation()
+        del expl
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_model_output_after_explaining_is_unchanged() -> None:

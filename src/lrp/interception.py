@@ -71,6 +71,17 @@ class Trace(TorchFunctionMode):
             for handle in self._handles:
                 handle.remove()
             self._handles = []
+            self._forget_forward()
+
+    def _forget_forward(self) -> None:
+        """Drop what only the forward pass needed. These tables reach the relevance graph, whose
+        records point back at the trace: kept, they would make a reference cycle that frees the
+        call's tensors only when Python's cyclic garbage collector next runs, and the heap grows
+        (fragments) call after call."""
+        self.foldable.clear()
+        self.superseded.clear()
+        self.recomputable.clear()
+        self.pending_keep = None
 
     def _enter_module(self, module: nn.Module, inputs: tuple) -> None:
         if id(module) not in self.names:
@@ -173,8 +184,10 @@ class Trace(TorchFunctionMode):
         self.normalized[id(output)] = Normalized(weakref.ref(output), logits, op, self.describe(), allowed_inside)
 
     def output_logits(self, output: Tensor) -> Tensor:
-        """The tensor to explain: the logits when ``output`` is a final softmax / log-softmax / sigmoid."""
+        """The tensor to explain: the logits when ``output`` is a final softmax / log-softmax / sigmoid.
+        Called once, after the forward pass; forgets the normalised outputs (see ``_forget_forward``)."""
         normalized = self.normalized.get(id(output))
+        self.normalized.clear()
         if normalized is not None and normalized.ref() is output:
             return normalized.logits
         return output

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BlockWeight",
     "ChannelAffine",
     "Convolution",
     "Dense",
@@ -36,6 +37,32 @@ __all__ = [
 
 CHUNK_BYTES = 256 * 2**20
 """Bound on the unfolded buffer of one CPU transposed convolution run by a rule (see ``Convolution``)."""
+
+BLOCK_WEIGHT_BYTES = 32 * 2**20
+"""Dense weights above this size are modified block by block (see :class:`BlockWeight`), in blocks of
+about half of it."""
+
+
+@dataclass(frozen=True)
+class BlockWeight:
+    """A modified dense weight ``modify(W)`` (C_out, C_in) that is never materialised whole: a rule's
+    ``W⁺`` of a 400 MB classifier layer (VGG-16) would double the memory of the explanation. Blocks of
+    ``rows`` output rows are made when a map is applied (once per forward or transpose).
+
+    weight: the layer's own weight; scale: (C_out,) of a folded BatchNorm, applied to the rows first.
+    """
+
+    weight: Tensor
+    modify: Callable[[Tensor], Tensor]
+    rows: int
+    scale: Tensor | None = None
+
+    def blocks(self) -> Iterator[tuple[slice, Tensor]]:
+        """``(rows, modify(W[rows]))`` for consecutive row blocks."""
+        for start in range(0, self.weight.shape[0], self.rows):
+            rows = slice(start, start + self.rows)
+            block = self.weight[rows] if self.scale is None else self.weight[rows] * self.scale[rows, None]
+            yield rows, self.modify(block)
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -111,21 +138,49 @@ class LinearMap(ABC):
         """The output's channel dimension, where a following BatchNorm could fold in; None if none."""
         return None
 
+    def block_rows(self, weight: Tensor) -> int | None:
+        """Output rows per block when a rule's modified copy of ``weight`` should be made block by block
+        (a :class:`BlockWeight`); None to modify the whole weight at once."""
+        return None
+
 
 class Dense(LinearMap):
-    """``z = x @ Wᵀ`` for x (..., C_in), W (C_out, C_in)."""
+    """``z = x @ Wᵀ`` for x (..., C_in), W (C_out, C_in) or a :class:`BlockWeight`."""
 
-    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight)
+    def forward(self, x: Tensor, weight: Tensor | BlockWeight) -> Tensor:
+        if not isinstance(weight, BlockWeight):
+            return F.linear(x, weight)
+        out = x.new_empty((*x.shape[:-1], weight.weight.shape[0]))
+        for rows, block in weight.blocks():
+            out[..., rows] = F.linear(x, block)
+        return out
 
-    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
-        return s @ weight
+    def transpose(self, s: Tensor, weight: Tensor | BlockWeight, x: Tensor) -> Tensor:
+        if not isinstance(weight, BlockWeight):
+            return s @ weight
+        result = None
+        for rows, block in weight.blocks():
+            part = s[..., rows] @ block
+            result = part if result is None else result.add_(part)
+        return result
 
-    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
+    def forward_pair(self, a: Tensor, weight_a: Tensor | BlockWeight, b: Tensor,
+                     weight_b: Tensor | BlockWeight) -> Tensor:
+        if isinstance(weight_a, BlockWeight) or isinstance(weight_b, BlockWeight):
+            return super().forward_pair(a, weight_a, b, weight_b)
         return F.linear(torch.cat([a, b], dim=-1), torch.cat([weight_a, weight_b], dim=1))
 
-    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def transpose_pair(self, s: Tensor, weight_a: Tensor | BlockWeight, weight_b: Tensor | BlockWeight,
+                       x: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(weight_a, BlockWeight) or isinstance(weight_b, BlockWeight):
+            return super().transpose_pair(s, weight_a, weight_b, x)
         return (s @ torch.cat([weight_a, weight_b], dim=1)).split(weight_a.shape[1], dim=-1)
+
+    def block_rows(self, weight: Tensor) -> int | None:
+        row_bytes = weight.shape[1] * weight.element_size()
+        if weight.dim() != 2 or weight.shape[0] * row_bytes <= BLOCK_WEIGHT_BYTES:
+            return None
+        return max(1, BLOCK_WEIGHT_BYTES // 2 // row_bytes)
 
     def bias_view(self, bias: Tensor) -> Tensor:
         return bias
@@ -326,6 +381,14 @@ class LayerCall:
             return self.raw_bias
         scale, shift = self.folded
         return shift if self.raw_bias is None else scale * self.raw_bias + shift
+
+    def modified(self, modify: Callable[[Tensor], Tensor]) -> Tensor | BlockWeight:
+        """``modify(weight)`` (element-wise, e.g. the positive part), or for a large dense weight a
+        :class:`BlockWeight` that the map applies block by block."""
+        rows = None if self.raw_weight is None else self.linear_map.block_rows(self.raw_weight)
+        if rows is None:
+            return modify(self.weight)
+        return BlockWeight(self.raw_weight, modify, rows, None if self.folded is None else self.folded[0])
 
     def transpose_effective(self, s: Tensor) -> Tensor:
         """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` instead of the weight

@@ -167,12 +167,12 @@ class AlphaBeta(Rule):
         self.conserve_one_sided = conserve_one_sided
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        x, weight = layer.x, layer.weight
+        x = layer.x
         signed = _has_negative(x)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         need_negative = self.beta != 0 or self.conserve_one_sided
-        w_pos = _positive(weight)
-        w_neg = _negative(weight) if signed or need_negative else None  # a copy of a large dense weight
+        w_pos = layer.modified(_positive)
+        w_neg = layer.modified(_negative) if signed or need_negative else None
 
         negative = None
         if signed:
@@ -237,9 +237,9 @@ class Gamma(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        gamma, x, weight, z = self.gamma, layer.x, layer.weight, layer.z
-        w_up = weight + gamma * _positive(weight)     # on x⁺ for z > 0, on x⁻ for z < 0
-        w_down = weight + gamma * _negative(weight)   # on x⁻ for z > 0, on x⁺ for z < 0
+        gamma, x, z = self.gamma, layer.x, layer.z
+        w_up = layer.modified(lambda w: w + gamma * _positive(w))     # on x⁺ for z > 0, on x⁻ for z < 0
+        w_down = layer.modified(lambda w: w + gamma * _negative(w))   # on x⁻ for z > 0, on x⁺ for z < 0
         signed = _has_negative(x)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         bias_up = layer.bias_term(lambda b: b + gamma * _positive(b)) if self.bias else 0.0
@@ -253,7 +253,7 @@ class Gamma(Rule):
             d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
         else:  # x ≥ 0: both denominators from Wx and W⁺x, one convolution
             plain = layer.z - layer.bias_term()
-            positive = layer.forward(x, _positive(weight))
+            positive = layer.forward(x, layer.modified(_positive))
             d_down = None if r_down is None else (plain * (1 + gamma)).sub_(positive, alpha=gamma).add_(bias_down)
             d_up = positive.mul_(gamma).add_(plain).add_(bias_up)
             del plain, positive
@@ -280,9 +280,9 @@ class ZBox(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        x, weight = layer.x, layer.weight
+        x = layer.x
         low, high = _bound_like(self.low, x), _bound_like(self.high, x)
-        w_pos, w_neg = _positive(weight), _negative(weight)
+        w_pos, w_neg = layer.modified(_positive), layer.modified(_negative)
         z = layer.z if self.bias else layer.z - layer.bias_term()
         bounds = layer.forward_pair(low, w_pos, high, w_neg)  # W⁺l + W⁻h
         if self.bias:
@@ -316,7 +316,7 @@ class Flat(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         ones = torch.ones_like(layer.x[:1])
-        weight = None if layer.weight is None else torch.ones_like(layer.weight)
+        weight = None if layer.raw_weight is None else layer.modified(torch.ones_like)
         return layer.transpose(divide(relevance, layer.forward(ones, weight), self.stabilizer), weight)
 
 
@@ -331,7 +331,7 @@ class WSquare(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        squared = layer.weight ** 2
+        squared = layer.modified(torch.square)
         ones = torch.ones_like(layer.x[:1])
         bias = layer.bias_term(torch.square) if self.bias else 0.0
         return layer.transpose(divide(relevance, layer.forward(ones, squared) + bias, self.stabilizer), squared)

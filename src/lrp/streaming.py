@@ -43,8 +43,6 @@ another order, which can change the float32 group means in the last bit.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import heapq
 import itertools
@@ -78,7 +76,7 @@ from .neuro.io import load_volume, save_image
 from .neuro.regions import AFFINE_TOLERANCE_MM, STATS_COLUMNS, region_stats
 from .restore import borrowed
 
-__all__ = ["KILL_AFTER_WRITES", "ExplainResult", "GroupSums", "explain_dataset", "limit_heap_growth"]
+__all__ = ["KILL_AFTER_WRITES", "ExplainResult", "GroupSums", "explain_dataset"]
 
 SETTINGS, STATE, RECORDS, PARTS = "explain.json", ".explain", ".explain/records", ".explain/parts"
 KILL_AFTER_WRITES = "LRP_EXPLAIN_TEST_KILL_AFTER"
@@ -86,7 +84,6 @@ KILL_AFTER_WRITES = "LRP_EXPLAIN_TEST_KILL_AFTER"
 writing its k-th file (maps and records in data order, then the tables, then the group means), as a
 crash would."""
 
-_M_TRIM_THRESHOLD = -1  # mallopt parameter of glibc's malloc.h
 _ERROR_COLUMNS = ["subject", "method", "error"]
 _REGION_COLUMNS = [*STATS_COLUMNS, "method"]
 _TEMPORARY = re.compile(r"^\..+\.tmp(\.[^.]+)*$")  # names made by lrp.files.atomic_path
@@ -179,22 +176,6 @@ def explain_dataset(model: nn.Module, data: VolumeDataset, methods: Sequence[str
         group_means = _save_group_means(run.sums, affine, out / "group_means", positive, negative)
         shutil.rmtree(out / PARTS, ignore_errors=True)
     return ExplainResult(out, labels, *(int(n) for n in totals), tables, group_means, run.sums)
-
-
-def limit_heap_growth() -> bool:
-    """Keep glibc's malloc from growing the heap run after run of same-sized explanations.
-
-    By default glibc raises its mmap threshold each time a large buffer is freed, after which such
-    buffers come from the heap, which fragments: over hundreds of LRP passes the resident memory of a
-    process crept up by 100-200 MiB in our measurements. Setting the trim threshold (128 MiB) turns
-    that adjustment off, so large buffers are mapped and unmapped, and memory stays flat. Process-wide
-    (DataLoader workers forked later inherit it); ``lrp explain`` calls it. Returns False where malloc
-    is not glibc's."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 class GroupSums:

@@ -48,7 +48,6 @@ from .neuro.cohort import (
 from .neuro.io import is_nifti, load_image, load_volume, nifti_stem, save_image
 from .neuro.regions import RegionTable, resample_map
 from .neuro.statistics import region_covariate_correlations
-from .streaming import limit_heap_growth
 from .train import load_model, predict
 
 __all__ = ["PAPER_BETAS", "StudyConfig", "StudyResult", "analyse", "analyse_maps", "load_study", "read_maps_table", "resolve_target", "run_study", "study_grid", "summarise"]
@@ -189,7 +188,6 @@ def study_grid(data: VolumeDataset, preprocess: Preprocess | None, reference: st
 
 def run_study(config: StudyConfig, *, progress: bool = True) -> StudyResult:
     """Run the study described by ``config``; see the module docstring for the outputs."""
-    limit_heap_growth()
     out = Path(config.out)
     specs = config.method_specs()
     model, info = load_model(config.model, device=config.device)

@@ -103,11 +103,10 @@ def run(options: argparse.Namespace) -> int:
     from ..distributed import world
     from ..errors import DataError
     from ..neuro.atlas import load_atlas
-    from ..streaming import explain_dataset, limit_heap_growth
+    from ..streaming import explain_dataset
     from ..study import study_grid
     from ..train import load_model
 
-    limit_heap_growth()
     with world(options.device) as processes:
         device = processes.device(options.device)
         model, info = (load_model(options.model, device=str(device)) if _is_model_file(options.model)

@@ -58,27 +58,47 @@ def region_stats(maps: Mapping[Any, MapSource] | np.ndarray | torch.Tensor, atla
 
 
 class RegionTable:
-    """The rows of :func:`region_stats` for maps added one at a time (a study adds thousands): per map only
-    the per-region numbers are kept, as arrays, and the table is built once by :meth:`frame`."""
+    """The rows of :func:`region_stats` for maps added one at a time (a study adds thousands).
+
+    Per map only its region sums (sum, positive part, negative part) and its total are kept, in blocks of
+    :attr:`BLOCK` maps (few, large allocations: thousands of small long-lived arrays between the
+    temporaries of the explanations would fragment the heap); :meth:`frame` builds the table once.
+    """
+
+    BLOCK = 256
 
     def __init__(self, atlas: Atlas) -> None:
         self.atlas = atlas
         self._labels = _LabelIndex(atlas)
         self._keys: list[tuple[Any, str | None]] = []
-        self._parts: list[dict[str, np.ndarray]] = []
+        self._blocks: list[np.ndarray] = []  # (BLOCK, 4, regions): sum, positive, negative, map total
 
     def add(self, subject: Any, relevance: MapSource, method: str | None = None) -> None:
         """Add the rows of one map (checked like :func:`region_stats`' maps) of ``subject`` and ``method``."""
-        self._parts.append(self._labels.stats(_on_atlas_grid(relevance, subject, self.atlas)))
+        sums = self._labels.sums(_on_atlas_grid(relevance, subject, self.atlas))
+        row = len(self._keys) % self.BLOCK
+        if row == 0:
+            self._blocks.append(np.empty((self.BLOCK, *sums.shape)))
+        self._blocks[-1][row] = sums
         self._keys.append((subject, method))
 
     def frame(self) -> pd.DataFrame:
         """The table of every map added: :data:`STATS_COLUMNS`, plus ``method`` when any map has one."""
-        regions = len(self.atlas.ids)
-        table = pd.DataFrame({"subject": pd.Series([subject for subject, _ in self._keys for _ in range(regions)],
-                                                   dtype=object)} | {
-            name: np.concatenate([part[name] for part in self._parts]) if self._parts else np.array([], dtype=dtype)
-            for name, dtype in zip(STATS_COLUMNS[1:], _DTYPES)})
+        labels, maps = self._labels, len(self._keys)
+        regions = len(labels.ids)
+        sums = np.concatenate(self._blocks)[:maps] if self._blocks else np.empty((0, 4, regions))
+        region_sum, positive, negative, total = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
+        share = np.where(total != 0, region_sum / np.where(total != 0, total, 1), np.nan)
+        density = np.where(labels.voxels > 0, region_sum / np.maximum(labels.voxels, 1), np.nan)
+        columns = {"region_id": labels.ids, "region": labels.names, "voxels": labels.voxels,
+                   "volume_mm3": labels.volume_mm3}
+        table = pd.DataFrame(
+            {"subject": pd.Series([subject for subject, _ in self._keys for _ in range(regions)], dtype=object)}
+            | {name: np.tile(values, maps).astype(dtype, copy=False)
+               for (name, values), dtype in zip(columns.items(), _DTYPES)}
+            | {name: values.ravel() for name, values in
+               (("sum", region_sum), ("density", density), ("positive", positive), ("negative", negative),
+                ("share", share))})
         if any(method is not None for _, method in self._keys):
             table["method"] = [method for _, method in self._keys for _ in range(regions)]
         return table
@@ -92,9 +112,9 @@ class _LabelIndex:
         self.inside = np.flatnonzero(flat)  # background voxels need no bincount
         self.labels = flat[self.inside].astype(np.intp)
         self.ids = np.asarray(atlas.ids, dtype=np.int64)
+        self.names = np.asarray(atlas.names, dtype=object)
         self.bins = int(self.ids.max(initial=0)) + 1
         counts = atlas.voxel_counts()
-        self.columns = {"region_id": self.ids, "region": np.asarray(atlas.names, dtype=object)}
         self.voxels = np.array([counts[label] for label in atlas.ids], dtype=np.int64)
         self.volume_mm3 = self.voxels * atlas.voxel_volume_mm3
 
@@ -102,17 +122,12 @@ class _LabelIndex:
         """Sum of ``values`` (labelled voxels, flat) per region, in id order."""
         return np.bincount(self.labels, weights=values, minlength=self.bins)[self.ids]
 
-    def stats(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        """The columns STATS_COLUMNS[1:] for one map (flat float64 over the whole grid)."""
-        total = values.sum()
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """(4, regions) for one map (flat float64 over the whole grid): per region the sum, the sums of the
+        positive and of the negative parts, and (in every column) the total of the whole map."""
         inside = values[self.inside]
-        sums = self.region_sums(inside)
-        return self.columns | {
-            "voxels": self.voxels, "volume_mm3": self.volume_mm3, "sum": sums,
-            "density": np.where(self.voxels > 0, sums / np.maximum(self.voxels, 1), np.nan),
-            "positive": self.region_sums(np.maximum(inside, 0.0)),
-            "negative": self.region_sums(np.minimum(inside, 0.0)),
-            "share": sums / total if total != 0 else np.full(len(sums), np.nan)}
+        return np.stack([self.region_sums(inside), self.region_sums(np.maximum(inside, 0.0)),
+                         self.region_sums(np.minimum(inside, 0.0)), np.full(len(self.ids), values.sum())])
 
 
 def resample_map(map_img: ImageSource, target: ImageSource | Grid | Atlas | tuple[Sequence[int], ArrayLike], *,
