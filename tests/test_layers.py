@@ -76,3 +76,22 @@ def test_stacked_transpose_sum_equals_separate_transposes(case: str, monkeypatch
     expected = conv.transpose(s, weight, x) + conv.transpose(t, other, x)
     monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # slabs: the pairs are stacked into one call per slab
     torch.testing.assert_close(conv.transpose_sum([(s, weight), (t, other)], x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 7], ids=["whole", "chunked"])
+def test_stabilised_division_hand_computed(chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R / (z + ε·sign z), sign(0) = +1, written out element by element; chunked (7-element chunks of a
+    101-element tensor) or whole, new tensor or in place."""
+    if chunk is not None:
+        monkeypatch.setattr(layers, "DIVIDE_CHUNK", chunk)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 101, dtype=DT, generator=generator)
+    z[0, :5] = torch.tensor([0.0, 1e-9, -1e-9, 2.0, -2.0], dtype=DT)
+    relevance = torch.randn(1, 101, dtype=DT, generator=generator)
+    eps = 1e-3
+    pairs = zip(relevance[0].tolist(), z[0].tolist())
+    expected = torch.tensor([[r / (v + (eps if v >= 0 else -eps)) for r, v in pairs]], dtype=DT)
+    assert torch.equal(layers.divide(relevance, z, eps), expected)
+    denominator = z.clone()
+    assert layers.divide_(relevance, denominator, eps) is denominator
+    assert torch.equal(denominator, expected)

@@ -261,7 +261,7 @@ def _out_of_place(func, op: str) -> Callable:
     return func
 
 
-_INPLACE_SIGNATURES: dict[Callable, inspect.Signature] = {}
+_INPLACE_POSITION: dict[Callable, int] = {}  # functions with an ``inplace`` parameter: its position
 _AUGMENTED = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
 
 
@@ -270,19 +270,20 @@ def is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
     short = op.rsplit(".", 1)[-1]
     if short in _AUGMENTED or (short.endswith("_") and not short.endswith("__")):
         return True
-    signature = _INPLACE_SIGNATURES.get(func)
-    if signature is None or (len(args) <= 1 and not kwargs.get("inplace", False)):
-        return False
-    return bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    position = _INPLACE_POSITION.get(func)
+    return position is not None and len(args) > position and bool(args[position])
 
 
 def _call_out_of_place(func, op: str, args: tuple, kwargs: dict):
     func = _out_of_place(func, op)
-    signature = _INPLACE_SIGNATURES.get(func)
-    if signature is not None:
-        bound = signature.bind(*args, **kwargs)
-        bound.arguments["inplace"] = False
-        return func(*bound.args, **bound.kwargs)
+    position = _INPLACE_POSITION.get(func)
+    if position is not None:
+        if "inplace" in kwargs:
+            kwargs = {**kwargs, "inplace": False}
+        elif len(args) > position:
+            args = (*args[:position], False, *args[position + 1:])
     return func(*args, **kwargs)
 
 
@@ -363,4 +364,4 @@ for _function in HANDLERS:
     except (TypeError, ValueError):
         continue
     if "inplace" in _signature.parameters:
-        _INPLACE_SIGNATURES[_function] = _signature
+        _INPLACE_POSITION[_function] = list(_signature.parameters).index("inplace")

@@ -55,6 +55,8 @@ class Trace(TorchFunctionMode):
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self.recomputable: dict[int, Recomputable] = {}
         self._handles: list[Any] = []
+        # the relevance the last logged op returned: (weak reference, version, per-sample sums)
+        self._handed_on: tuple[weakref.ref, int, Tensor] | None = None
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -144,9 +146,16 @@ class Trace(TorchFunctionMode):
     def log(self, record, relevance_out: Tensor, relevance_in: Tensor | list[Tensor]) -> None:
         inputs = relevance_in if isinstance(relevance_in, list) else [relevance_in]
         total_in = sum(per_sample(r) for r in inputs)
+        handed_on, self._handed_on = self._handed_on, None
+        if handed_on is not None and handed_on[0]() is relevance_out and handed_on[1] == relevance_out._version:
+            total_out = handed_on[2]  # what the op before returned, passed on unchanged (through a ReLU)
+        else:
+            total_out = per_sample(relevance_out)
+        if len(inputs) == 1:
+            self._handed_on = (weakref.ref(inputs[0]), inputs[0]._version, total_in)
         op = getattr(record, "op", "batch_norm").rsplit(".", 1)[-1]
-        self.rows.append(ConservationRow(record.index, record.name or "<model>", op, repr(record.rule),
-                                         per_sample(relevance_out), total_in))
+        self.rows.append(ConservationRow(record.index, record.name or "<model>", op, repr(record.rule), total_out,
+                                         total_in))
 
     def check_consumers(self, tensors: list[Tensor], op: str) -> None:
         """Count uses of foldable outputs (unfolding a BatchNorm whose input is used twice) and

@@ -23,6 +23,8 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 from torch.overrides import TorchFunctionMode
 
+from .layers import where_positive
+
 __all__ = ["RELU_RULES", "ModifiedReLUBackward", "ReLURule"]
 
 ReLURule = Literal["guided", "deconvnet"]
@@ -58,7 +60,7 @@ class _ModifiedReLU(torch.autograd.Function):
         positive = grad.clamp_min(0)
         if ctx.guided:
             (output,) = ctx.saved_tensors
-            positive = positive * (output > 0)
+            positive = where_positive(positive, output)
         return positive, None, None
 
 

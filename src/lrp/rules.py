@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layers import LayerCall, divide, divide_, safe_divide
+from .layers import LayerCall, divide, divide_, safe_divide, where_positive
 
 __all__ = [
     "AlphaBeta",
@@ -238,32 +238,38 @@ class Gamma(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         gamma, x, z = self.gamma, layer.x, layer.z
-        w_up = layer.modified(lambda w: w + gamma * _positive(w))     # on x⁺ for z > 0, on x⁻ for z < 0
-        w_down = layer.modified(lambda w: w + gamma * _negative(w))   # on x⁻ for z > 0, on x⁺ for z < 0
         signed = _has_negative(x)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
-        bias_up = layer.bias_term(lambda b: b + gamma * _positive(b)) if self.bias else 0.0
-        bias_down = layer.bias_term(lambda b: b + gamma * _negative(b)) if self.bias else 0.0
-
-        r_down = torch.where(z < 0, relevance, 0.0)
-        if not bool(r_down.any()):  # ReLU networks: no relevance reaches negative outputs
-            r_down = None
+        r_up = where_positive(relevance, z)
+        # ReLU networks: usually no relevance reaches outputs z <= 0, and the z < 0 half is skipped
+        r_down = None if torch.equal(r_up, relevance) else where_positive(relevance, z.neg())
+        w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # on x⁺ for z > 0, x⁻ for z < 0
+        w_down = (layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # on x⁻ for z > 0, x⁺ for z < 0
+                  if signed or r_down is not None else None)
         if signed:
+            bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
+            bias_down = layer.bias_term(lambda b: torch.add(b, _negative(b), alpha=gamma)) if self.bias else 0.0
             d_up = layer.forward_pair(x_pos, w_up, x_neg, w_down).add_(bias_up)
             d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
-        else:  # x ≥ 0: both denominators from Wx and W⁺x, one convolution
-            plain = layer.z - layer.bias_term()
+        else:  # x ≥ 0: with Z = Wx + b and P = W⁺x + b⁺ (bias=False: without b, b⁺), one extra convolution:
+            # d_up = Z + γP, d_down = (1 + γ)Z − γP (W⁻x = Wx − W⁺x, b⁻ = b − b⁺)
+            plain = layer.z if self.bias else layer.z - layer.bias_term()
             positive = layer.forward(x, layer.modified(_positive))
-            d_down = None if r_down is None else (plain * (1 + gamma)).sub_(positive, alpha=gamma).add_(bias_down)
-            d_up = positive.mul_(gamma).add_(plain).add_(bias_up)
+            if self.bias:
+                positive.add_(layer.bias_term(_positive))
+            d_down = None if r_down is None else torch.mul(plain, 1 + gamma).sub_(positive, alpha=gamma)
+            d_up = torch.add(plain, positive, alpha=gamma, out=positive)
             del plain, positive
 
-        s_up = divide_(torch.where(z > 0, relevance, 0.0), d_up, self.stabilizer)
-        result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
-        del s_up, d_up
-        if r_down is not None:
-            result.add_(_spread(layer, divide_(r_down, d_down, self.stabilizer), w_down, w_up, x_pos, x_neg))
-        return result
+        s_up = divide_(r_up, d_up, self.stabilizer)
+        del r_up
+        if r_down is None:
+            return _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
+        s_down = divide_(r_down, d_down, self.stabilizer)
+        del r_down
+        if not signed:  # both halves through one transposed layer where possible
+            return layer.transpose_sum((s_up, w_up), (s_down, w_down)).mul_(x)
+        return _spread(layer, s_up, w_up, w_down, x_pos, x_neg).add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
 
 
 class ZBox(Rule):
