@@ -269,7 +269,8 @@ class Gamma(Rule):
         del r_down
         if not signed:  # both halves through one transposed layer where possible
             return layer.transpose_sum((s_up, w_up), (s_down, w_down)).mul_(x)
-        return _spread(layer, s_up, w_up, w_down, x_pos, x_neg).add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
+        result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
+        return result.add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
 
 
 class ZBox(Rule):
