@@ -4,13 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import lrp
-from lrp.benchmark import BASELINE, Measurement, markdown_table, methods_for, worker_environment
+from lrp.benchmark import BASELINE, Measurement, live_peak_mib, markdown_table, methods_for, worker_environment
 from lrp.cli import main
 
 COLUMNS = ["model", "input", "method", "median time (s)", "time ÷ g×i", "median CPU (s)", "CPU ÷ g×i",
-           "extra peak memory (MiB)", "memory ÷ g×i", "ΣR / logit", "runs"]
+           "extra peak memory (MiB)", "memory ÷ g×i", "live tensor peak (MiB)", "live ÷ g×i", "ΣR / logit", "runs"]
 
 
 def _header_cells(table: str) -> list[str]:
@@ -77,9 +78,9 @@ def test_workers_wait_passively_with_the_chosen_threads():
 def test_table_ratios_are_relative_to_gradient_times_input():
     results = [
         Measurement("vgg16", 8, BASELINE, times=[2.0, 1.0, 3.0], cpu_times=[4.0, 4.0, 4.0], base_mib=100.0,
-                    peak_mib=150.0, sum_ratio=1.0),
+                    peak_mib=150.0, live_mib=40.0, sum_ratio=1.0),
         Measurement("vgg16", 8, "lrp:epsilon", times=[2.5, 2.5, 9.0], cpu_times=[1.0, 3.0, 2.0], base_mib=100.0,
-                    peak_mib=200.0, sum_ratio=0.5),
+                    peak_mib=200.0, live_mib=50.0, sum_ratio=0.5),
         Measurement("vgg16", 1, "lrp:epsilon", error="worker exited with status 9"),
     ]
     table = markdown_table(results)
@@ -87,10 +88,50 @@ def test_table_ratios_are_relative_to_gradient_times_input():
     rows = {line.split("|")[3].strip() + line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in table.splitlines()[2:]}
     baseline = rows[BASELINE + "8×3×224×224"]
-    assert baseline[3:11] == ["2.000", "1.00", "4.000", "1.00", "50.0", "1.00", "1", "3"]
+    assert baseline[3:13] == ["2.000", "1.00", "4.000", "1.00", "50.0", "1.00", "40.0", "1.00", "1", "3"]
     ours = rows["lrp:epsilon8×3×224×224"]
-    assert ours[3:11] == ["2.500", "1.25", "2.000", "0.50", "100.0", "2.00", "0.5", "3"]
+    assert ours[3:13] == ["2.500", "1.25", "2.000", "0.50", "100.0", "2.00", "50.0", "1.25", "0.5", "3"]
     assert "failed: worker exited with status 9" in rows["lrp:epsilon1×3×224×224"][3]
+
+
+def test_live_peak_counts_tensors_held_at_once():
+    """4 MiB buffers: two alive together peak at 8 MiB, one freed before the next at 4 MiB."""
+    mib = 2**20 // 4  # float32 elements per MiB
+
+    def together():
+        a, b = torch.ones(4 * mib), torch.ones(4 * mib)
+        return float(a[0] + b[0])
+
+    def one_after_another():
+        total = 0.0
+        for _ in range(3):
+            total += float(torch.ones(4 * mib)[0])
+        return total
+
+    assert live_peak_mib(together) == pytest.approx(8.0, abs=0.1)
+    assert live_peak_mib(one_after_another) == pytest.approx(4.0, abs=0.1)
+
+
+class _TemporaryInBackward(torch.autograd.Function):
+    """Identity whose backward holds a 16 MiB temporary (as an LRP rule does)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1
+
+    @staticmethod
+    def backward(ctx, grad):
+        temporary = torch.ones(4 * grad.numel())
+        return grad * temporary[:grad.numel()]
+
+
+def test_live_peak_sees_temporaries_of_a_custom_backward():
+    """x (4 MiB) + the 16 MiB temporary + the gradient (4 MiB) are alive together inside the backward."""
+    def run():
+        x = torch.ones(2**20, requires_grad=True)
+        return torch.autograd.grad(_TemporaryInBackward.apply(x).sum(), x)
+
+    assert live_peak_mib(run) == pytest.approx(24.0, abs=0.1)
 
 
 def test_bench_quick_runs_and_prints_the_table(tmp_path, capsys):

@@ -11,13 +11,18 @@ seed) and the input, then runs the explanation ``1 + repeats`` times:
   median CPU time of the process (``time.process_time``, all threads). On a machine shared with
   other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
   are the steadier comparison;
-- the first timed run also measures memory: after ``gc.collect()`` and ``malloc_trim(0)`` the
+- the first timed run also measures memory (RSS): after ``gc.collect()`` and ``malloc_trim(0)`` the
   process's peak resident set size (``VmHWM``) is reset to the current RSS
   (``echo 5 > /proc/self/clear_refs``, Linux ≥ 4.0); the extra memory is ``VmHWM`` after the run
   minus ``VmRSS`` before it, i.e. everything the explanation holds at its peak beyond model and
   input (activations, saved tensors, rule intermediates, the relevance itself). A fresh process per
   configuration keeps one method's cached allocations from hiding the next one's peak. Its
-  relevance gives the column ΣR / logit.
+  relevance gives the column ΣR / logit;
+- one more run under ``torch.profiler`` with ``profile_memory=True`` gives the peak of the bytes held
+  by live tensors (every allocation and free in time order, :func:`live_peak_mib`): what
+  ``torch.cuda.max_memory_allocated`` would report on a GPU. The RSS also counts freed memory that
+  glibc's malloc keeps for reuse, which depends on how many large buffers of which sizes a method
+  allocates, not only on what it holds.
 
 Methods: ``gradient×input`` (the baseline: one forward pass, ``torch.autograd.grad`` of the
 explained logit w.r.t. the input, times the input), our composites (``lrp.explain``) and zennit's
@@ -65,6 +70,7 @@ __all__ = [
     "Measurement",
     "ResNet50",
     "add_arguments",
+    "live_peak_mib",
     "main_from_args",
     "markdown_table",
     "run",
@@ -397,7 +403,26 @@ def _worker(spec_json: str) -> dict:
             ratio = (relevance.flatten(1).sum(1) / explained).mean().item()
         del relevance, logits
     return {"times": times, "cpu_times": cpu_times, "base_mib": base, "peak_mib": peak, "sum_ratio": ratio,
-            "note": note}
+            "live_mib": live_peak_mib(lambda: method(model, x, target)), "note": note}
+
+
+def live_peak_mib(run: Callable[[], object]) -> float:
+    """The peak of the bytes held by tensors allocated during ``run`` (MiB): the profiler's record of every
+    CPU allocation and free in time order (``torch.profiler._memory_profiler``, what
+    ``profile.export_memory_timeline`` draws; per-op memory totals would miss temporaries freed inside a
+    custom autograd backward)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as profiler:
+        run()
+    changes = {Action.CREATE: 1, Action.DESTROY: -1}
+    live = peak = 0
+    for _, action, _, size in sorted(MemoryProfile(profiler.profiler.kineto_results).timeline, key=lambda r: r[0]):
+        live += changes.get(action, 0) * size
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def _worker_main() -> None:
@@ -421,6 +446,7 @@ class Measurement:
     cpu_times: list[float] = field(default_factory=list)
     base_mib: float | None = None
     peak_mib: float | None = None
+    live_mib: float | None = None
     sum_ratio: float | None = None
     note: str = ""
     error: str = ""
@@ -491,7 +517,8 @@ def run(options: argparse.Namespace, progress: Callable[[str], None] | None = No
         results.append(result)
         if progress is not None:
             outcome = result.error or f"median {result.median:.3f} s, extra peak " + (
-                f"{result.extra_mib:.0f} MiB" if result.extra_mib is not None else "n/a")
+                f"{result.extra_mib:.0f} MiB" if result.extra_mib is not None else "n/a") + (
+                f", live tensor peak {result.live_mib:.0f} MiB" if result.live_mib is not None else "")
             progress(f"[{step}/{len(plan)}] {model} batch {batch} {method}: {outcome}")
     return results
 
@@ -515,7 +542,8 @@ def _ratio(value: float | None, baseline: float | None) -> str:
 def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
     """The results as a markdown table; ratios are to gradient×input of the same model and batch."""
     header = ("| model | input | method | median time (s) | time ÷ g×i | median CPU (s) | CPU ÷ g×i "
-              "| extra peak memory (MiB) | memory ÷ g×i | ΣR / logit | runs |")
+              "| extra peak memory (MiB) | memory ÷ g×i | live tensor peak (MiB) | live ÷ g×i "
+              "| ΣR / logit | runs |")
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     baselines = {(r.model, r.batch): r for r in results if r.method == BASELINE}
     for r in results:
@@ -523,13 +551,14 @@ def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
         label = _input_label(r.model, r.batch, quick)
         if r.error:
             lines.append(f"| {r.model} | {label} | {r.method} | failed: {r.error.replace('|', '/')} "
-                         "| | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         lines.append(
             f"| {r.model} | {label} | {r.method} | {_fmt(r.median, '.3f')} "
             f"| {_ratio(r.median, base.median if base else None)} | {_fmt(r.cpu_median, '.3f')} "
             f"| {_ratio(r.cpu_median, base.cpu_median if base else None)} | {_fmt(r.extra_mib, '.1f')} "
-            f"| {_ratio(r.extra_mib, base.extra_mib if base else None)} | {_fmt(r.sum_ratio, '.4g')} "
+            f"| {_ratio(r.extra_mib, base.extra_mib if base else None)} | {_fmt(r.live_mib, '.1f')} "
+            f"| {_ratio(r.live_mib, base.live_mib if base else None)} | {_fmt(r.sum_ratio, '.4g')} "
             f"| {len(r.times)} |")
     return "\n".join(lines)
 
@@ -552,7 +581,10 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         "when other jobs load the machine).",
         "- *extra peak memory*: peak RSS during the first timed run (VmHWM, reset to the current RSS just "
         "before it via /proc/self/clear_refs, after gc and malloc_trim) minus the RSS before it (model, "
-        "input, libraries). Ratios are to gradient×input of the same model and batch.",
+        "input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
+        "run, from torch.profiler's allocation records (what torch.cuda.max_memory_allocated reports on a "
+        "GPU; the RSS also counts freed memory that malloc keeps). Ratios are to gradient×input of the same "
+        "model and batch.",
         "- gradient×input: one forward, torch.autograd.grad of the explained logit w.r.t. the input, × input. "
         "lrp:<composite>: lrp.explain. zennit:<composite>: zennit.attribution.Gradient with zennit's "
         "composite of the same meaning and SequentialMergeBatchNorm, entered per call (like lrp.explain). "
