@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "bench", help="time and measure the memory of LRP composites vs gradient×input and zennit",
-        description="Benchmark the LRP engine: median wall time and extra peak memory of our composites and "
-                    "zennit's equivalents, as ratios to gradient×input, on the paper's 3D CNN (one "
+        description="Benchmark the LRP engine: median wall time, extra peak resident memory and live tensor "
+                    "peak of our composites and zennit's equivalents, as ratios to gradient×input, on the "
+                    "paper's 3D CNN (one "
                     "1×193×229×193 volume), VGG-16 and ResNet-50 (224×224). Each configuration runs in its "
                     "own process with OMP_WAIT_POLICY=PASSIVE. Output: a markdown report on stdout "
                     "(progress on stderr), also written to --output. Exit status 1 if a configuration failed.",
