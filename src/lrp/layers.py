@@ -419,10 +419,11 @@ class LayerCall:
         return BlockWeight(self.raw_weight, modify, rows, None if self.folded is None else self.folded[0])
 
     def transpose_effective(self, s: Tensor) -> Tensor:
-        """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` instead of the weight
-        when ``s`` is the smaller tensor (late layers: one weight copy per call saved)."""
+        """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` (a temporary of the caller, in
+        place) instead of the weight when ``s`` is the smaller tensor (late layers: one weight copy per
+        call saved)."""
         if self.folded is not None and s.numel() < self.raw_weight.numel():
-            return self.transpose(s * self.linear_map.bias_view(self.folded[0]), self.raw_weight)
+            return self.transpose(s.mul_(self.linear_map.bias_view(self.folded[0])), self.raw_weight)
         return self.transpose(s, self.weight)
 
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
