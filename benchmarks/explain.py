@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_table import print_table
+from bench_table import print_table, write_octant_atlas
 
 
 def main() -> int:
@@ -81,10 +81,7 @@ def _make_data(root: Path, count: int, grid: tuple[int, ...]) -> None:
     model = DemoCNN3d(grid)
     save_model(model, root / "model", architecture={"name": "DemoCNN3d", "kwargs": {"input_shape": list(grid)}},
                preprocessing={"minmax": True, "mask": None, "grid": None}, class_names=["HC", "AD"], metrics=None)
-    octants = np.indices(grid).transpose(1, 2, 3, 0) >= np.array(grid) // 2
-    labels = (1 + octants @ np.array([1, 2, 4])).astype(np.int32)
-    nib.save(nib.Nifti1Image(labels, affine), root / "atlas.nii.gz")
-    (root / "atlas.txt").write_text("".join(f"{i} octant{i} {i}\n" for i in range(1, 9)))
+    write_octant_atlas(root, grid, affine)
 
 
 def _manifest(root: Path, count: int) -> Path:

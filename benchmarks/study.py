@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_table import print_table
+from bench_table import print_table, write_octant_atlas
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
 
@@ -63,12 +63,10 @@ def main() -> int:
 def _make_data(root: Path, count: int, grid: tuple[int, ...], threads: int) -> None:
     """``volumes/sub-XXXX.nii.gz`` (labels alternate HC / AD), ``model/`` (the demo model after 10 epochs on 40
     volumes, saved by ``lrp.train.train`` with ``save_model``) and ``atlas.nii.gz`` + ``atlas.txt`` (octants)."""
-    import nibabel as nib
     import torch
 
     from lrp.data import Preprocess, open_source
     from lrp.models import DemoCNN3d
-    from lrp.neuro.atlas import Atlas
     from lrp.neuro.io import save_image
     from lrp.train import TrainConfig, train
 
@@ -85,11 +83,7 @@ def _make_data(root: Path, count: int, grid: tuple[int, ...], threads: int) -> N
         torch.manual_seed(0)
         train(DemoCNN3d(grid), data, None, TrainConfig(epochs=10, lr=1e-3, device="cpu"), out_dir=root / "model",
               progress=False)
-    octants = np.indices(grid).transpose(1, 2, 3, 0) >= np.array(grid) // 2
-    names = {i: f"octant{i}" for i in range(1, 9)}
-    atlas = Atlas.from_array(1 + octants @ np.array([1, 2, 4]), AFFINE, names)
-    nib.save(atlas.image, root / "atlas.nii.gz")
-    (root / "atlas.txt").write_text("".join(f"{i} {name}\n" for i, name in names.items()))
+    write_octant_atlas(root, grid, AFFINE)
 
 
 def _manifest(root: Path, count: int) -> Path:
