@@ -137,12 +137,16 @@ class LinearMap(ABC):
         """The transposed map applied to ``s`` (shaped like the output); ``x`` gives the input shape.
         Returns a new tensor that the caller may modify in place."""
 
-    def transpose_sum(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
-        """``Σ transpose(s, weight)`` over the (s, weight) pairs; a convolution run in slabs stacks
-        the pairs slab by slab into one transposed layer."""
-        result = self.transpose(*pairs[0], x)
-        for s, weight in pairs[1:]:
-            result.add_(self.transpose(s, weight, x))
+    def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+        """``Σ transpose(s, weight)`` over the (s, weight) pairs, taken from the list one at a time (it is
+        left empty): when the list holds the only references, each ``s`` is freed as soon as its
+        transposed layer has run. A convolution run in slabs stacks the pairs slab by slab into one
+        transposed layer instead."""
+        result = None
+        while pairs:
+            s, weight = pairs.pop(0)
+            part = self.transpose(s, weight, x)
+            result = part if result is None else result.add_(part)
         return result
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
@@ -249,19 +253,21 @@ class Convolution(LinearMap):
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         return self.transpose_sum([(s, weight)], x)
 
-    def transpose_sum(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
-        s, weight = pairs[0]
+    def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
         shape = x.shape
         padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding or [0] * len(shape[2:]))))
-        rows = self._rows_per_chunk(x, weight, s.shape[2])
+        rows = self._rows_per_chunk(x, pairs[0][1], pairs[0][0].shape[2])
         if rows is None:
             if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
                 x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-            result = self._convolution_backward(s, weight, x, self.padding)
-            for s, weight in pairs[1:]:
-                result.add_(self._convolution_backward(s, weight, x, self.padding))
+            result = None
+            while pairs:  # each s is freed (if the list held the last reference) before the next runs
+                s, weight = pairs.pop(0)
+                part = self._convolution_backward(s, weight, x, self.padding)
+                result = part if result is None else result.add_(part)
         else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension;
             # several pairs are stacked along the output channels slab by slab (one call, little memory)
+            s, weight = pairs[0]
             stacked = torch.cat([w for _, w in pairs]) if len(pairs) > 1 and self.groups == 1 else None
             pad = self.padding[0]
             span = self.dilation[0] * (weight.shape[2] - 1) + 1
@@ -276,6 +282,7 @@ class Convolution(LinearMap):
                     slabs = [(torch.cat([t for t, _ in slabs], dim=1), stacked)]
                 for slab, w in slabs:
                     canvas.add_(self._convolution_backward(slab, w, stand_in, (0, *self.padding[1:])))
+            pairs.clear()
             result = result.narrow(2, pad, padded[2])
         for dim, n in enumerate(shape[2:], start=2):
             result = result.narrow(dim, 0, n)
@@ -410,6 +417,19 @@ class LayerCall:
         scale, shift = self.folded
         return shift if self.raw_bias is None else scale * self.raw_bias + shift
 
+    def release(self, *names: str) -> None:
+        """Let go of the output ``"z"`` (it reads None afterwards) or of the folded copy of ``"weight"``
+        (made again if used again) once the rule is done with it. The record let go of both before
+        calling the rule, so a large activation or weight copy is freed in the middle of the rule
+        instead of at its end."""
+        for name in names:
+            if name == "z":
+                self.z = None
+            elif name == "weight":
+                self.__dict__.pop("weight", None)  # the cached_property's value
+            else:
+                raise ValueError(f"a layer call can release 'z' or 'weight', not {name!r}")
+
     def modified(self, modify: Callable[[Tensor], Tensor]) -> Tensor | BlockWeight:
         """``modify(weight)`` (element-wise, e.g. the positive part), or for a large dense weight a
         :class:`BlockWeight` that the map applies block by block."""
@@ -432,7 +452,8 @@ class LayerCall:
     def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.linear_map.transpose(s, weight, self.x)
 
-    def transpose_sum(self, *pairs: tuple[Tensor, Tensor]) -> Tensor:
+    def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """``Σ transpose(s, weight)``; the list is emptied (see :meth:`LinearMap.transpose_sum`)."""
         return self.linear_map.transpose_sum(pairs, self.x)
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:

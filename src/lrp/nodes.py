@@ -96,9 +96,10 @@ class LinearRecord:
         return LayerCall(self.linear_map, x, self.z, self.weight, self.bias, self.folded)
 
     def backward(self, relevance: Tensor) -> Tensor:
-        result = self.rule.relevance(self.layer_call(), relevance)
+        layer = self.layer_call()
+        self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
+        result = self.rule.relevance(layer, relevance)
         self.trace.log(self, relevance, result)
-        self.x = self.z = self.x_source = None
         return result
 
 

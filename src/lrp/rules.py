@@ -173,6 +173,7 @@ class AlphaBeta(Rule):
         need_negative = self.beta != 0 or self.conserve_one_sided
         w_pos = layer.modified(_positive)
         w_neg = layer.modified(_negative) if signed or need_negative else None
+        layer.release("weight")
 
         negative = None
         if signed:
@@ -185,6 +186,7 @@ class AlphaBeta(Rule):
                 negative = layer.forward(x, w_neg)
             elif need_negative:  # W⁻x = Wx − W⁺x, no second convolution
                 negative = (layer.z - layer.bias_term()).sub_(positive)
+                layer.release("z")
         if self.bias:
             positive.add_(layer.bias_term(_positive))
             if negative is not None:
@@ -195,10 +197,12 @@ class AlphaBeta(Rule):
         if self.conserve_one_sided:  # one-sided neurons pass their relevance with weight 1
             alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
             beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
-        s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
         if need_negative and not signed:  # both shares through one transposed layer where possible
-            s_neg = _scaled(divide_(relevance, negative, self.stabilizer), -beta)
-            return layer.transpose_sum((s_pos, w_pos), (s_neg, w_neg)).mul_(x)
+            pairs = [(_scaled(divide_(relevance, positive, self.stabilizer), alpha), w_pos),
+                     (_scaled(divide_(relevance, negative, self.stabilizer), -beta), w_neg)]
+            del positive, negative, w_pos, w_neg  # pairs holds the only references: freed one by one
+            return layer.transpose_sum(pairs).mul_(x)
+        s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
         result = _spread(layer, s_pos, w_pos, w_neg, x_pos, x_neg)
         del s_pos, positive
         if need_negative:
@@ -243,23 +247,33 @@ class Gamma(Rule):
         r_up = where_positive(relevance, z)
         # ReLU networks: usually no relevance reaches outputs z <= 0, and the z < 0 half is skipped
         r_down = None if torch.equal(r_up, relevance) else where_positive(relevance, z.neg())
-        w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # on x⁺ for z > 0, x⁻ for z < 0
-        w_down = (layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # on x⁻ for z > 0, x⁺ for z < 0
-                  if signed or r_down is not None else None)
+        if r_down is None:
+            r_up = relevance
         if signed:
+            w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # x⁺ for z > 0, x⁻ for z < 0
+            w_down = layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # x⁻ for z > 0, x⁺ for z < 0
             bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
             bias_down = layer.bias_term(lambda b: torch.add(b, _negative(b), alpha=gamma)) if self.bias else 0.0
             d_up = layer.forward_pair(x_pos, w_up, x_neg, w_down).add_(bias_up)
             d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
         else:  # x ≥ 0: with Z = Wx + b and P = W⁺x + b⁺ (bias=False: without b, b⁺), one extra convolution:
             # d_up = Z + γP, d_down = (1 + γ)Z − γP (W⁻x = Wx − W⁺x, b⁻ = b − b⁺)
-            plain = layer.z if self.bias else layer.z - layer.bias_term()
-            positive = layer.forward(x, layer.modified(_positive))
+            w_pos = layer.modified(_positive)
+            positive = layer.forward(x, w_pos)
+            if isinstance(w_pos, Tensor):  # W + γW⁺ in place of W⁺: one weight pass, one copy less
+                w_up = w_pos.mul_(gamma).add_(layer.weight)
+            else:
+                w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))
+            del w_pos
+            w_down = None if r_down is None else layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))
             if self.bias:
                 positive.add_(layer.bias_term(_positive))
+            plain = layer.z if self.bias else layer.z - layer.bias_term()
             d_down = None if r_down is None else torch.mul(plain, 1 + gamma).sub_(positive, alpha=gamma)
             d_up = torch.add(plain, positive, alpha=gamma, out=positive)
             del plain, positive
+        del z
+        layer.release("z", "weight")
 
         s_up = divide_(r_up, d_up, self.stabilizer)
         del r_up
@@ -268,7 +282,9 @@ class Gamma(Rule):
         s_down = divide_(r_down, d_down, self.stabilizer)
         del r_down
         if not signed:  # both halves through one transposed layer where possible
-            return layer.transpose_sum((s_up, w_up), (s_down, w_down)).mul_(x)
+            pairs = [(s_up, w_up), (s_down, w_down)]
+            del s_up, s_down, d_up, d_down, w_up, w_down  # pairs holds the only references: freed one by one
+            return layer.transpose_sum(pairs).mul_(x)
         result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
         return result.add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
 
