@@ -275,7 +275,7 @@ class Convolution(LinearMap):
             for start in range(0, s.shape[2], rows):
                 stop = min(start + rows, s.shape[2])
                 length = (stop - start - 1) * self.stride[0] + span
-                stand_in = torch.empty((padded[0], padded[1], length, *padded[3:]), dtype=x.dtype, device=x.device)
+                stand_in = _stand_in((padded[0], padded[1], length, *padded[3:]), x)
                 canvas = result.narrow(2, start * self.stride[0], length)
                 slabs = [(t.narrow(2, start, stop - start), w) for t, w in pairs]
                 if stacked is not None:
@@ -343,6 +343,16 @@ class Convolution(LinearMap):
 
     def channel_dim(self, z: Tensor) -> int | None:
         return 1
+
+
+def _stand_in(shape: Sequence[int], x: Tensor) -> Tensor:
+    """A contiguous tensor of ``shape`` as the input argument of a transposed layer, which reads only its
+    shape (the result is linear in ``s`` alone): a view of ``x``'s memory where that is large enough, so
+    that a slab costs no allocation, else new uninitialised memory."""
+    n = math.prod(shape)
+    if x.is_contiguous() and x.numel() >= n:
+        return x.reshape(-1)[:n].view(shape)
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
