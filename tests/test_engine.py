@@ -538,6 +538,31 @@ def test_batch_norm_after_relu_is_its_own_affine_layer() -> None:
     assert [row.op for row in expl.conservation()] == ["conv2d", "batch_norm", "linear"]
 
 
+class DirectBatchNorm(nn.Module):
+    """conv -> torch.batch_norm (the aten-level function: weight and bias before the statistics) -> relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Linear(12, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        h = torch.batch_norm(self.conv(x), bn.weight, bn.bias, bn.running_mean, bn.running_var, False, 0.1, bn.eps,
+                             False)
+        return self.fc(h.relu().flatten(1))
+
+
+def test_aten_level_batch_norm_is_folded_like_the_module() -> None:
+    torch.manual_seed(0)
+    model = DirectBatchNorm().to(DT).eval()
+    _randomize_batch_norm(model.bn)
+    x = torch.randn(3, 2, 4, 4, dtype=DT)
+    module_chain = nn.Sequential(model.conv, model.bn, nn.ReLU(), nn.Flatten(), model.fc).eval()
+    expl = lrp.explain(model, x, composite="epsilon-plus")
+    close(expl.relevance, lrp.explain(module_chain, x, composite="epsilon-plus").relevance)
+    assert [row.op for row in expl.conservation()] == ["conv2d", "linear"]
+
+
 class SharedInputBN(nn.Module):
     """conv output used by the BatchNorm and by a skip connection: BN cannot be folded."""
 

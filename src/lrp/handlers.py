@@ -153,18 +153,21 @@ def _explicit_padding(mode: str, kernel: tuple, dilation: tuple) -> tuple[tuple[
     return tuple(t // 2 for t in totals), tuple(t % 2 for t in totals)
 
 
-_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
+_BATCH_NORM_PARAMETERS = {  # positions 1-4 of F.batch_norm and of the aten-level torch.batch_norm
+    F.batch_norm: ("running_mean", "running_var", "weight", "bias"),
+    torch.batch_norm: ("weight", "bias", "running_mean", "running_var"),
+}
 
 
 def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-    bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
     x = _input_first(trace, op, args, kwargs, "BatchNorm parameter")
     if x is None:
         return func(*args, **kwargs)
+    a = {name: _argument(args, kwargs, position, name)
+         for position, name in enumerate(_BATCH_NORM_PARAMETERS[func], start=1)}
+    training, eps = _argument(args, kwargs, 5, "training", False), _argument(args, kwargs, 7, "eps", 1e-5)
     scale, shift = batch_norm_affine(x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"],
-                                     a["training"], a["eps"])
+                                     training, eps)
     record = BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op),
                               scale.detach(), shift.detach())
     entry = trace.foldable.get(id(x))
