@@ -2,6 +2,8 @@
 transposes are the adjoints of the forwards (⟨f(x), s⟩ = ⟨x, fᵀ(s)⟩)."""
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -95,3 +97,64 @@ def test_stabilised_division_hand_computed(chunk: int | None, monkeypatch: pytes
     denominator = z.clone()
     assert layers.divide_(relevance, denominator, eps) is denominator
     assert torch.equal(denominator, expected)
+
+
+def test_transpose_sum_frees_each_relevance_share_before_the_next_transpose(monkeypatch) -> None:
+    """Unchunked, the pairs are taken from the list one by one: with the list holding the only reference,
+    the first share is gone when the second transposed layer runs (one activation less at the peak)."""
+    conv, x, weight = _conv("2d-strided")
+    s, t = (torch.randn_like(conv.forward(x, weight)) for _ in range(2))
+    expected = conv.transpose(s, weight, x) + conv.transpose(t, weight, x)
+    first = weakref.ref(s)
+    alive_at_call = []
+    original = Convolution._convolution_backward
+
+    def spy(self, *args, **kwargs):
+        alive_at_call.append(first() is not None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Convolution, "_convolution_backward", spy)
+    pairs = [(s, weight), (t, weight)]
+    del s, t
+    result = conv.transpose_sum(pairs, x)
+    assert alive_at_call == [True, False] and pairs == []
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", [lrp.rules.AlphaBeta(2.0, 1.0), lrp.rules.Gamma(0.25)], ids=repr)
+def test_rules_release_the_layer_output_before_transposing(rule, monkeypatch) -> None:
+    """α2β1 and γ on a non-negative input no longer need z once their denominators exist: z is freed
+    before the transposed layer runs (the record and the layer call let go of it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.LazyLinear(2)).double()
+    x = torch.randn(2, 2, 9, 9, dtype=DT)
+    model(x)
+    outputs = {}
+    original_call, original_transpose = lrp.nodes.LinearRecord.layer_call, Convolution.transpose_sum
+
+    def remember(record):
+        call = original_call(record)
+        outputs[id(call.x)] = weakref.ref(call.z)
+        return call
+
+    def spy(self, pairs, x):
+        if id(x) in outputs:  # not the stand-in of a transposed pair
+            outputs.setdefault("alive", []).append(outputs[id(x)]() is not None)
+        return original_transpose(self, pairs, x)
+
+    monkeypatch.setattr(lrp.nodes.LinearRecord, "layer_call", remember)
+    monkeypatch.setattr(Convolution, "transpose_sum", spy)
+    composite = lrp.Composite(by_type={lrp.composites.Convolution: rule, lrp.composites.Dense: lrp.rules.Epsilon()})
+    with_spy = lrp.explain(model, x, composite=composite).relevance
+    assert outputs["alive"][0] is False  # the second convolution: its input is a ReLU's output
+    monkeypatch.undo()
+    torch.testing.assert_close(with_spy, lrp.explain(model, x, composite=composite).relevance)
+
+
+def test_layer_call_release_names_what_it_can_release() -> None:
+    conv, x, weight = _conv("1d")
+    call = layers.LayerCall(conv, x, conv.forward(x, weight), weight, None)
+    call.release("z")
+    assert call.z is None
+    with pytest.raises(ValueError, match="'z' or 'weight'"):
+        call.release("x")
