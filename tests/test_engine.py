@@ -1305,7 +1305,7 @@ def test_float32_matches_float64(composite: str, params: dict) -> None:
     close(r32.relevance.to(DT), r64.relevance, rtol=1e-3, atol=1e-4 * float(scale))
 
 
-@pytest.mark.parametrize("composite", ["epsilon", "alpha2-beta1", "epsilon-plus-flat"])
+@pytest.mark.parametrize("composite", ["epsilon", "alpha2-beta1", "gamma", "epsilon-plus-flat"])
 def test_channels_last_matches_contiguous(composite: str) -> None:
     model = _cnn().to(DT)
     x = torch.randn(2, 3, 8, 8, dtype=DT)
