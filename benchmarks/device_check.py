@@ -5,11 +5,11 @@
 Part 1, correctness (exit status 1 if a check fails). On toy-sized versions of the benchmark models (the
 paper's 3D CNN, VGG-16, ResNet-50; batch 2) and every named composite, the relevance computed on the
 device in float64 equals the CPU's to 1e-8 (max |difference| / max |CPU relevance|), float32 to 1e-2
-(convolutions may run in TF32), and bfloat16 / float16 are finite (their error is reported) or raise the
-engine's NonFiniteError (a value outside the half-precision range, reported, not a failure); the model's
-weights, buffers, ``training`` flags and ``requires_grad`` are unchanged afterwards; channels_last
-inputs give the float64 result; gradient, gradient×input, guided backprop, deconvnet and integrated
-gradients equal the CPU's.
+(TF32 off for this part; part 2 runs with PyTorch's defaults), and bfloat16 / float16 are finite
+(their error is reported) or raise the engine's NonFiniteError (a value outside the half-precision
+range: reported, not a failure); the model's weights, buffers, ``training`` flags and ``requires_grad``
+are unchanged afterwards; channels_last inputs give the float64 result; gradient, gradient×input,
+guided backprop, deconvnet and integrated gradients equal the CPU's.
 
 Part 2, speed and memory (reported, not checked). Median time of the timed runs (after warm-up runs) and
 peak memory of gradient×input and of five composites, float32, on the full-size models (the paper's
@@ -119,7 +119,7 @@ def check_layouts_and_methods(name: str, model: nn.Module, x: Tensor, device: to
         for composite in ("epsilon-alpha2-beta1", "epsilon-gamma-box"):
             params = _composite_params(composite, x)
             reference = lrp.explain(model, x, composite=composite, **params).relevance
-            last = moved.to(memory_format=torch.channels_last)
+            last = copy.deepcopy(moved).to(memory_format=torch.channels_last)
             relevance = lrp.explain(last, x_device.to(memory_format=torch.channels_last), composite=composite,
                                     **params).relevance
             checks.error(f"{name} {composite} channels_last", relevance, reference, FLOAT64_LIMIT)
@@ -135,11 +135,16 @@ def check_layouts_and_methods(name: str, model: nn.Module, x: Tensor, device: to
 
 def correctness(device: torch.device) -> Checks:
     checks = Checks()
-    for name in MODELS:
-        model, x = build(name, 2, quick=True)
-        model, x = model.double(), x.double()
-        check_composites(name, model, x, device, checks)
-        check_layouts_and_methods(name, model, x, device, checks)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 means float32 here
+    try:
+        for name in MODELS:
+            model, x = build(name, 2, quick=True)
+            model, x = model.double(), x.double()
+            check_composites(name, model, x, device, checks)
+            check_layouts_and_methods(name, model, x, device, checks)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return checks
 
 
