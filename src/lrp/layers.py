@@ -81,9 +81,9 @@ def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """``relevance / stabilize(denominator, ε)`` as a new tensor."""
     if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
         return relevance / stabilize(denominator, epsilon)
-    out = torch.empty_like(denominator)
+    out, shift = torch.empty_like(denominator), _shift(epsilon, denominator)
     for r, d, o in _chunks(relevance, denominator, out):
-        torch.copysign(_shift(epsilon, d), d, out=o)
+        torch.copysign(shift, d, out=o)
         torch.div(r, o.add_(d), out=o)
     return out
 
@@ -91,8 +91,9 @@ def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
 def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """:func:`divide` written into ``denominator``, a temporary of the caller shaped like
     ``relevance`` (the first layers of a 3D CNN hold hundreds of MB per tensor)."""
+    shift = _shift(epsilon, denominator)
     for r, d in _chunks(relevance, denominator):
-        torch.div(r, d.add_(torch.copysign(_shift(epsilon, d), d)), out=d)
+        torch.div(r, d.add_(torch.copysign(shift, d)), out=d)
     return denominator
 
 
