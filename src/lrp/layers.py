@@ -126,6 +126,16 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1, denominator))
 
 
+def _sum_taking_pairs(pairs: list[tuple[Tensor, Tensor]], transpose: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``Σ transpose(s, weight)``, popping each pair from the list before its transpose runs, so that an
+    ``s`` the list held the last reference to is freed before the next transpose allocates."""
+    result = None
+    while pairs:
+        part = transpose(*pairs.pop(0))
+        result = part if result is None else result.add_(part)
+    return result
+
+
 class LinearMap(ABC):
     """A linear map without its bias, applicable to any input and weight of the right shape."""
 
@@ -143,12 +153,7 @@ class LinearMap(ABC):
         left empty): when the list holds the only references, each ``s`` is freed as soon as its
         transposed layer has run. A convolution run in slabs stacks the pairs slab by slab into one
         transposed layer instead."""
-        result = None
-        while pairs:
-            s, weight = pairs.pop(0)
-            part = self.transpose(s, weight, x)
-            result = part if result is None else result.add_(part)
-        return result
+        return _sum_taking_pairs(pairs, lambda s, weight: self.transpose(s, weight, x))
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         """``forward(a, weight_a) + forward(b, weight_b)``; maps that can run it as one layer with
@@ -261,11 +266,7 @@ class Convolution(LinearMap):
         if rows is None:
             if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
                 x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-            result = None
-            while pairs:  # each s is freed (if the list held the last reference) before the next runs
-                s, weight = pairs.pop(0)
-                part = self._convolution_backward(s, weight, x, self.padding)
-                result = part if result is None else result.add_(part)
+            result = _sum_taking_pairs(pairs, lambda s, weight: self._convolution_backward(s, weight, x, self.padding))
         else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension;
             # several pairs are stacked along the output channels slab by slab (one call, little memory)
             s, weight = pairs[0]
