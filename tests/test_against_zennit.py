@@ -80,6 +80,21 @@ def test_named_composite_matches_zennit(models, model_name: str, signed: bool, c
     assert_relevance_close(ours, reference)
 
 
+# A BatchNorm whose scale is positive in every channel is folded by taking the rule before the scale
+# (LayerCall.inverse_scale); one with a negative channel is folded into a copy of the weight.
+@pytest.mark.parametrize("composite, params", [("alpha2-beta1", {}), ("z-plus", {}), ("gamma", {"gamma": 0.5}),
+                                               ("epsilon-gamma-box", {"gamma": 0.5, "low": 0.0, "high": 1.0})])
+def test_batch_norm_with_a_negative_scale_matches_zennit(composite: str, params: dict):
+    model = make_cnn2d()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.weight[::2] *= -1
+    x = _input("cnn2d", signed=False)
+    ours = lrp.explain(model, x, composite=composite, **params).relevance
+    reference = zennit_relevance(model, x, zennit_composite(composite, canonizers_for(model), **params))
+    assert_relevance_close(ours, reference)
+
+
 # zennit's composites put Norm(stabilizer) on average pooling and sums (``layer_map_base(stabilizer)``);
 # our uniform composites are compared with the same convention.
 @pytest.mark.parametrize("composite", ["gamma", "alpha1-beta0", "alpha2-beta1", "z-plus", "epsilon-plus",
@@ -129,8 +144,8 @@ def _mlp_with_batch_norm() -> nn.Module:
 
 @pytest.mark.parametrize("rule", RULES, ids=repr)
 @pytest.mark.parametrize("model_name", ["mlp-tanh", "mlp-batchnorm"])
-def test_dense_weights_modified_block_by_block_match_zennit(monkeypatch, models, model_name: str, rule: rules.Rule):
-    """Large dense weights (VGG-16's 400 MB layer) are modified in blocks of rows (lrp.layers.BlockWeight);
+def test_dense_layers_explained_block_by_block_match_zennit(monkeypatch, models, model_name: str, rule: rules.Rule):
+    """Calls of large dense layers (VGG-16's 400 MB layer) are explained in blocks of rows (LayerCall.row_blocks);
     with a 64-byte bound every weight here is, one or two rows per block, BatchNorm folded in per block."""
     monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 64)
     model = models[model_name] if model_name in models else _mlp_with_batch_norm()

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "BlockWeight",
     "ChannelAffine",
     "Convolution",
     "Dense",
@@ -40,30 +39,8 @@ CHUNK_BYTES = 256 * 2**20
 """Bound on the unfolded buffer of one CPU transposed convolution run by a rule (see ``Convolution``)."""
 
 BLOCK_WEIGHT_BYTES = 32 * 2**20
-"""Dense weights above this size are modified block by block (see :class:`BlockWeight`), in blocks of
-about half of it."""
-
-
-@dataclass(frozen=True)
-class BlockWeight:
-    """A modified dense weight ``modify(W)`` (C_out, C_in) that is never materialised whole: a rule's
-    ``W⁺`` of a 400 MB classifier layer (VGG-16) would double the memory of the explanation. Blocks of
-    ``rows`` output rows are made when a map is applied (once per forward or transpose).
-
-    weight: the layer's own weight; scale: (C_out,) of a folded BatchNorm, applied to the rows first.
-    """
-
-    weight: Tensor
-    modify: Callable[[Tensor], Tensor]
-    rows: int
-    scale: Tensor | None = None
-
-    def blocks(self) -> Iterator[tuple[slice, Tensor]]:
-        """``(rows, modify(W[rows]))`` for consecutive row blocks."""
-        for start in range(0, self.weight.shape[0], self.rows):
-            rows = slice(start, start + self.rows)
-            block = self.weight[rows] if self.scale is None else self.weight[rows] * self.scale[rows, None]
-            yield rows, self.modify(block)
+"""Calls of dense layers whose weight is larger than this are explained in blocks of output rows of
+about half of it (see :meth:`LayerCall.row_blocks`)."""
 
 
 DIVIDE_CHUNK = 1 << 18
@@ -140,8 +117,9 @@ class LinearMap(ABC):
     """A linear map without its bias, applicable to any input and weight of the right shape."""
 
     @abstractmethod
-    def forward(self, x: Tensor, weight: Tensor | None) -> Tensor:
-        """The map applied to ``x`` with ``weight``, no bias."""
+    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None = None) -> Tensor:
+        """The map applied to ``x`` with ``weight``, plus ``bias`` (C_out,) if given (fused into the
+        layer where it can be)."""
 
     @abstractmethod
     def transpose(self, s: Tensor, weight: Tensor | None, x: Tensor) -> Tensor:
@@ -177,41 +155,24 @@ class LinearMap(ABC):
         return None
 
     def block_rows(self, weight: Tensor) -> int | None:
-        """Output rows per block when a rule's modified copy of ``weight`` should be made block by block
-        (a :class:`BlockWeight`); None to modify the whole weight at once."""
+        """Output rows per block when a call with ``weight`` should be explained block by block (see
+        :meth:`LayerCall.row_blocks`); None to explain it whole."""
         return None
 
 
 class Dense(LinearMap):
-    """``z = x @ Wᵀ`` for x (..., C_in), W (C_out, C_in) or a :class:`BlockWeight`."""
+    """``z = x @ Wᵀ`` for x (..., C_in), W (C_out, C_in)."""
 
-    def forward(self, x: Tensor, weight: Tensor | BlockWeight) -> Tensor:
-        if not isinstance(weight, BlockWeight):
-            return F.linear(x, weight)
-        out = x.new_empty((*x.shape[:-1], weight.weight.shape[0]))
-        for rows, block in weight.blocks():
-            out[..., rows] = F.linear(x, block)
-        return out
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.linear(x, weight, bias)
 
-    def transpose(self, s: Tensor, weight: Tensor | BlockWeight, x: Tensor) -> Tensor:
-        if not isinstance(weight, BlockWeight):
-            return s @ weight
-        result = None
-        for rows, block in weight.blocks():
-            part = s[..., rows] @ block
-            result = part if result is None else result.add_(part)
-        return result
+    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        return s @ weight
 
-    def forward_pair(self, a: Tensor, weight_a: Tensor | BlockWeight, b: Tensor,
-                     weight_b: Tensor | BlockWeight) -> Tensor:
-        if isinstance(weight_a, BlockWeight) or isinstance(weight_b, BlockWeight):
-            return super().forward_pair(a, weight_a, b, weight_b)
+    def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         return F.linear(torch.cat([a, b], dim=-1), torch.cat([weight_a, weight_b], dim=1))
 
-    def transpose_pair(self, s: Tensor, weight_a: Tensor | BlockWeight, weight_b: Tensor | BlockWeight,
-                       x: Tensor) -> tuple[Tensor, Tensor]:
-        if isinstance(weight_a, BlockWeight) or isinstance(weight_b, BlockWeight):
-            return super().transpose_pair(s, weight_a, weight_b, x)
+    def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return (s @ torch.cat([weight_a, weight_b], dim=1)).split(weight_a.shape[1], dim=-1)
 
     def block_rows(self, weight: Tensor) -> int | None:
@@ -251,10 +212,10 @@ class Convolution(LinearMap):
         if not self.output_padding:
             self.output_padding = (0,) * len(self.stride)
 
-    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if any(self.extra_padding):
             x = F.pad(x, [p for extra in reversed(self.extra_padding) for p in (0, extra)])
-        return self._convolution(x, weight, self.padding)
+        return self._convolution(x, weight, self.padding, bias)
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         return self.transpose_sum([(s, weight)], x)
@@ -290,9 +251,9 @@ class Convolution(LinearMap):
             result = result.narrow(dim, 0, n)
         return result
 
-    def _convolution(self, x: Tensor, weight: Tensor, padding: Sequence[int]) -> Tensor:
+    def _convolution(self, x: Tensor, weight: Tensor, padding: Sequence[int], bias: Tensor | None = None) -> Tensor:
         return torch.ops.aten.convolution(
-            x, weight, None, list(self.stride), list(padding), list(self.dilation),
+            x, weight, bias, list(self.stride), list(padding), list(self.dilation),
             self.transposed, list(self.output_padding), self.groups,
         )
 
@@ -371,8 +332,10 @@ class ChannelAffine(LinearMap):
     def __init__(self, dims: int):
         self.dims = dims
 
-    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
-        return x * self.bias_view(weight)
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        if bias is None:
+            return x * self.bias_view(weight)
+        return torch.addcmul(self.bias_view(bias), x, self.bias_view(weight))
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         return s * self.bias_view(weight)
@@ -390,7 +353,9 @@ class ParameterFree(LinearMap):
     def __init__(self, op: Callable[[Tensor], Tensor]):
         self.op = op
 
-    def forward(self, x: Tensor, weight: None = None) -> Tensor:
+    def forward(self, x: Tensor, weight: None = None, bias: None = None) -> Tensor:
+        if bias is not None:
+            raise ValueError(f"{type(self).__name__} has no bias")
         return self.op(x)
 
     def transpose(self, s: Tensor, weight: None, x: Tensor) -> Tensor:
@@ -442,13 +407,36 @@ class LayerCall:
             else:
                 raise ValueError(f"a layer call can release 'z' or 'weight', not {name!r}")
 
-    def modified(self, modify: Callable[[Tensor], Tensor]) -> Tensor | BlockWeight:
-        """``modify(weight)`` (element-wise, e.g. the positive part), or for a large dense weight a
-        :class:`BlockWeight` that the map applies block by block."""
+    def modified(self, modify: Callable[[Tensor], Tensor], scaled: bool = True) -> Tensor:
+        """``modify(weight)``, element-wise (e.g. the positive part). ``scaled=False`` modifies the layer's
+        own weight, before a folded BatchNorm's scale (see :meth:`inverse_scale`)."""
+        return modify(self.weight if scaled else self.raw_weight)
+
+    def row_blocks(self) -> list[tuple[slice, LayerCall]] | None:
+        """The call split into blocks of output rows, each a call of its own, when its weight is a large
+        dense one (VGG-16's 400 MB classifier layer); else None. Rules treat output neurons independently,
+        so the input relevance is the sum over the blocks, and a rule's modified weights (``W⁺``, ...)
+        then exist one block at a time, used by the block's forward and transpose while in cache."""
         rows = None if self.raw_weight is None else self.linear_map.block_rows(self.raw_weight)
         if rows is None:
-            return modify(self.weight)
-        return BlockWeight(self.raw_weight, modify, rows, None if self.folded is None else self.folded[0])
+            return None
+        blocks = []
+        for start in range(0, self.raw_weight.shape[0], rows):
+            part = slice(start, start + rows)
+            folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
+            bias = None if self.raw_bias is None else self.raw_bias[part]
+            blocks.append((part, LayerCall(self.linear_map, self.x, self.z[..., part], self.raw_weight[part], bias,
+                                           folded)))
+        return blocks
+
+    def inverse_scale(self) -> Tensor | None:
+        """``1 / s`` (C_out,) for the scale ``s`` of a folded BatchNorm when every entry is positive, else
+        None. Then ``W = s·V`` (per output channel) with V the layer's own weight, and ``(s·V)⁺ = s·V⁺``:
+        a rule's denominator ``d`` and its modified weight ``s·V'`` can both be taken before the scale,
+        ``(s·V')ᵀ (R / d) = V'ᵀ (R / (d / s))``, which saves the pass over the weight that folds it."""
+        if self.folded is None or not bool((self.folded[0] > 0).all()):
+            return None
+        return self.folded[0].reciprocal()
 
     def transpose_effective(self, s: Tensor) -> Tensor:
         """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` (a temporary of the caller, in
@@ -458,8 +446,8 @@ class LayerCall:
             return self.transpose(s.mul_(self.linear_map.bias_view(self.folded[0])), self.raw_weight)
         return self.transpose(s, self.weight)
 
-    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
-        return self.linear_map.forward(x, weight)
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        return self.linear_map.forward(x, weight, bias)
 
     def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.linear_map.transpose(s, weight, self.x)

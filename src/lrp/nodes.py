@@ -98,7 +98,16 @@ class LinearRecord:
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
         self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
-        result = self.rule.relevance(layer, relevance)
+        blocks = layer.row_blocks()
+        if blocks is None:
+            result = self.rule.relevance(layer, relevance)
+        else:
+            del layer  # each block holds what it needs
+            result = None
+            while blocks:
+                rows, block = blocks.pop(0)
+                part = self.rule.relevance(block, relevance[..., rows])
+                result = part if result is None else result.add_(part)
         self.trace.log(self, relevance, result)
         return result
 

@@ -18,6 +18,8 @@ parameters:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -169,6 +171,8 @@ class AlphaBeta(Rule):
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         x = layer.x
         signed = _has_negative(x)
+        if not signed and not self.conserve_one_sided:
+            return self._non_negative_input(layer, relevance)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
         need_negative = self.beta != 0 or self.conserve_one_sided
         w_pos = layer.modified(_positive)
@@ -180,13 +184,9 @@ class AlphaBeta(Rule):
             positive = layer.forward_pair(x_pos, w_pos, x_neg, w_neg)
             if need_negative:
                 negative = layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
-        else:
+        else:  # one-sided neurons are found by exact zeros: both parts are computed, neither derived
             positive = layer.forward(x, w_pos)
-            if self.conserve_one_sided:  # exact zeros matter: one-sided neurons are found by them
-                negative = layer.forward(x, w_neg)
-            elif need_negative:  # W⁻x = Wx − W⁺x, no second convolution
-                negative = (layer.z - layer.bias_term()).sub_(positive)
-                layer.release("z")
+            negative = layer.forward(x, w_neg)
         if self.bias:
             positive.add_(layer.bias_term(_positive))
             if negative is not None:
@@ -209,6 +209,58 @@ class AlphaBeta(Rule):
             s_neg = _scaled(divide_(relevance, negative, self.stabilizer), beta)
             result.sub_(_spread(layer, s_neg, w_neg, w_pos, x_pos, x_neg))
         return result
+
+    def _non_negative_input(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        """x ≥ 0 (after a ReLU, or an image): ``P = W⁺x + b⁺ ≥ 0`` and ``N = W⁻x + b⁻ ≤ 0``, so the
+        stabilised denominators are ``P + ε``, one layer call with bias ``b⁺ + ε``, and ``N − ε``,
+        whose negative ``(P + ε) − (Wx + b)`` needs no second layer call (W⁻x = Wx − W⁺x). Both are
+        clamped to at least ε, which only rounding (or a Winograd / FFT convolution) could undercut.
+        With a folded BatchNorm of positive scale s, all of it is taken before the scale (divided by s,
+        see :meth:`LayerCall.inverse_scale`)."""
+        x = layer.x
+        inverse = layer.inverse_scale() if self.bias else None
+        w_pos = layer.modified(_positive, scaled=inverse is None)
+        positive = _forward_shifted(layer, x, w_pos, _positive if self.bias else None, self.stabilizer, inverse)
+        floor = _scaled_like(layer, self.stabilizer, inverse)
+        if self.beta == 0:
+            layer.release("weight", "z")
+            s_pos = _scaled(torch.div(relevance, positive.clamp_min_(floor), out=positive), self.alpha)
+            del positive
+            return layer.transpose(s_pos, w_pos).mul_(x)
+        w_neg = layer.modified(_negative, scaled=inverse is None)
+        layer.release("weight")
+        negated = _plus_scaled(positive, layer.z, _scaled_like(layer, 1.0, inverse), alpha=-1.0)  # ε − N (over s)
+        if not self.bias:
+            negated.add_(layer.bias_term())
+        layer.release("z")
+        s_neg = _scaled(torch.div(relevance, negated.clamp_min_(floor), out=negated), self.beta)
+        s_pos = _scaled(torch.div(relevance, positive.clamp_min_(floor), out=positive), self.alpha)
+        pairs = [(s_pos, w_pos), (s_neg, w_neg)]  # s_neg is −β R / (N − ε): the negative share, signed
+        del positive, negated, s_pos, s_neg, w_pos, w_neg  # pairs holds the only references: freed one by one
+        return layer.transpose_sum(pairs).mul_(x)
+
+
+def _forward_shifted(layer: LayerCall, x: Tensor, weight: Tensor,
+                     bias_part: Callable[[Tensor], Tensor] | None, shift: float, inverse: Tensor | None = None) -> Tensor:
+    """``forward(x, weight) + bias_part(b) + shift``, the bias and shift added by the layer itself where it
+    has a bias (``bias_part`` None: no bias). With ``inverse`` (1/s, see :meth:`LayerCall.inverse_scale`)
+    and ``weight`` taken before the scale, everything comes divided by s."""
+    if bias_part is None or layer.bias is None:
+        return layer.forward(x, weight).add_(shift)
+    bias = bias_part(layer.bias) + shift
+    return layer.forward(x, weight, bias if inverse is None else bias.mul_(inverse))
+
+
+def _scaled_like(layer: LayerCall, value: float, inverse: Tensor | None) -> Tensor | float:
+    """``value``, or ``value / s`` per output channel (broadcastable to z) with ``inverse`` = 1/s."""
+    return value if inverse is None else layer.linear_map.bias_view(inverse * value)
+
+
+def _plus_scaled(a: Tensor, z: Tensor, factor: Tensor | float, alpha: float) -> Tensor:
+    """``a + alpha · factor · z`` as a new tensor in one pass (``factor`` per channel, or a number)."""
+    if isinstance(factor, Tensor):
+        return torch.addcmul(a, z, factor, value=alpha)
+    return torch.add(a, z, alpha=alpha * factor)
 
 
 def _spread(layer: LayerCall, s: Tensor, w_for_pos: Tensor, w_for_neg: Tensor | None, x_pos: Tensor,
@@ -258,12 +310,11 @@ class Gamma(Rule):
             d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
         else:  # x ≥ 0: with Z = Wx + b and P = W⁺x + b⁺ (bias=False: without b, b⁺), one extra convolution:
             # d_up = Z + γP, d_down = (1 + γ)Z − γP (W⁻x = Wx − W⁺x, b⁻ = b − b⁺)
+            if r_down is None and gamma > 0 and (self.bias or layer.bias is None):
+                return self._positive_outputs(layer, relevance)
             w_pos = layer.modified(_positive)
             positive = layer.forward(x, w_pos)
-            if isinstance(w_pos, Tensor):  # W + γW⁺ in place of W⁺: one weight pass, one copy less
-                w_up = w_pos.mul_(gamma).add_(layer.weight)
-            else:
-                w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))
+            w_up = torch.add(layer.weight, w_pos, alpha=gamma, out=w_pos)  # W + γW⁺ in place of W⁺: one copy less
             del w_pos
             w_down = None if r_down is None else layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))
             if self.bias:
@@ -287,6 +338,26 @@ class Gamma(Rule):
             return layer.transpose_sum(pairs).mul_(x)
         result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
         return result.add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
+
+    def _positive_outputs(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        """x ≥ 0 and relevance only where z > 0 (a ReLU network), where ``d = z + γP > 0`` with
+        ``P = W⁺x + b⁺``: ``stab(d) = γ·q`` with ``q = z/γ + P + ε/γ`` (one layer call with bias
+        ``b⁺ + ε/γ``, one fused add), clamped to at least ε/γ where no relevance is divided by it; the
+        share ``R / q`` goes through ``W⁺ + W/γ``, made from W⁺ in place. With a folded BatchNorm of
+        positive scale s, q and the weights are taken before the scale (see
+        :meth:`LayerCall.inverse_scale`)."""
+        gamma, x = self.gamma, layer.x
+        inverse = layer.inverse_scale()
+        w_pos = layer.modified(_positive, scaled=inverse is None)
+        shifted = _forward_shifted(layer, x, w_pos, _positive, self.stabilizer / gamma, inverse)
+        w_up = torch.add(w_pos, layer.weight if inverse is None else layer.raw_weight, alpha=1 / gamma, out=w_pos)
+        del w_pos
+        q = _plus_scaled(shifted, layer.z, _scaled_like(layer, 1.0, inverse), alpha=1 / gamma)
+        del shifted
+        layer.release("z", "weight")
+        s_up = torch.div(relevance, q.clamp_min_(_scaled_like(layer, self.stabilizer / gamma, inverse)), out=q)
+        del q
+        return layer.transpose(s_up, w_up).mul_(x)
 
 
 class ZBox(Rule):
