@@ -256,11 +256,12 @@ def _scaled_like(layer: LayerCall, value: float, inverse: Tensor | None) -> Tens
     return value if inverse is None else layer.linear_map.bias_view(inverse * value)
 
 
-def _plus_scaled(a: Tensor, z: Tensor, factor: Tensor | float, alpha: float) -> Tensor:
-    """``a + alpha · factor · z`` as a new tensor in one pass (``factor`` per channel, or a number)."""
+def _plus_scaled(a: Tensor, z: Tensor, factor: Tensor | float, alpha: float, out: Tensor | None = None) -> Tensor:
+    """``a + alpha · factor · z`` in one pass (``factor`` per channel, or a number), as a new tensor or
+    into ``out``."""
     if isinstance(factor, Tensor):
-        return torch.addcmul(a, z, factor, value=alpha)
-    return torch.add(a, z, alpha=alpha * factor)
+        return torch.addcmul(a, z, factor, value=alpha, out=out)
+    return torch.add(a, z, alpha=alpha * factor, out=out)
 
 
 def _spread(layer: LayerCall, s: Tensor, w_for_pos: Tensor, w_for_neg: Tensor | None, x_pos: Tensor,
@@ -293,71 +294,66 @@ class Gamma(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        gamma, x, z = self.gamma, layer.x, layer.z
-        signed = _has_negative(x)
-        x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
-        r_up = where_positive(relevance, z)
-        # ReLU networks: usually no relevance reaches outputs z <= 0, and the z < 0 half is skipped
-        r_down = None if torch.equal(r_up, relevance) else where_positive(relevance, z.neg())
-        if r_down is None:
-            r_up = relevance
-        if signed:
-            w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # x⁺ for z > 0, x⁻ for z < 0
-            w_down = layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # x⁻ for z > 0, x⁺ for z < 0
-            bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
-            bias_down = layer.bias_term(lambda b: torch.add(b, _negative(b), alpha=gamma)) if self.bias else 0.0
-            d_up = layer.forward_pair(x_pos, w_up, x_neg, w_down).add_(bias_up)
-            d_down = None if r_down is None else layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down)
-        else:  # x ≥ 0: with Z = Wx + b and P = W⁺x + b⁺ (bias=False: without b, b⁺), one extra convolution:
-            # d_up = Z + γP, d_down = (1 + γ)Z − γP (W⁻x = Wx − W⁺x, b⁻ = b − b⁺)
-            if r_down is None and gamma > 0 and (self.bias or layer.bias is None):
-                return self._positive_outputs(layer, relevance)
-            w_pos = layer.modified(_positive)
-            positive = layer.forward(x, w_pos)
-            w_up = torch.add(layer.weight, w_pos, alpha=gamma, out=w_pos)  # W + γW⁺ in place of W⁺: one copy less
-            del w_pos
-            w_down = None if r_down is None else layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))
-            if self.bias:
-                positive.add_(layer.bias_term(_positive))
-            plain = layer.z if self.bias else layer.z - layer.bias_term()
-            d_down = None if r_down is None else torch.mul(plain, 1 + gamma).sub_(positive, alpha=gamma)
-            d_up = torch.add(plain, positive, alpha=gamma, out=positive)
-            del plain, positive
-        del z
-        layer.release("z", "weight")
-
-        s_up = divide_(r_up, d_up, self.stabilizer)
-        del r_up
-        if r_down is None:
-            return _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
-        s_down = divide_(r_down, d_down, self.stabilizer)
-        del r_down
-        if not signed:  # both halves through one transposed layer where possible
-            pairs = [(s_up, w_up), (s_down, w_down)]
-            del s_up, s_down, d_up, d_down, w_up, w_down  # pairs holds the only references: freed one by one
-            return layer.transpose_sum(pairs).mul_(x)
-        result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
-        return result.add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
-
-    def _positive_outputs(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        """x ≥ 0 and relevance only where z > 0 (a ReLU network), where ``d = z + γP > 0`` with
-        ``P = W⁺x + b⁺``: ``stab(d) = γ·q`` with ``q = z/γ + P + ε/γ`` (one layer call with bias
-        ``b⁺ + ε/γ``, one fused add), clamped to at least ε/γ where no relevance is divided by it; the
-        share ``R / q`` goes through ``W⁺ + W/γ``, made from W⁺ in place. With a folded BatchNorm of
-        positive scale s, q and the weights are taken before the scale (see
-        :meth:`LayerCall.inverse_scale`)."""
+        if self.gamma > 0 and (self.bias or layer.bias is None) and not _has_negative(layer.x):
+            return self._non_negative_input(layer, relevance)
         gamma, x = self.gamma, layer.x
+        x_pos, x_neg = _positive(x), _negative(x)
+        r_up, r_down = _split_by_sign(relevance, layer.z)
+        w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # x⁺ for z > 0, x⁻ for z < 0
+        w_down = layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # x⁻ for z > 0, x⁺ for z < 0
+        bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
+        bias_down = layer.bias_term(lambda b: torch.add(b, _negative(b), alpha=gamma)) if self.bias else 0.0
+        layer.release("z", "weight")
+        s_up = divide_(r_up, layer.forward_pair(x_pos, w_up, x_neg, w_down).add_(bias_up), self.stabilizer)
+        del r_up
+        result = _spread(layer, s_up, w_up, w_down, x_pos, x_neg)
+        if r_down is not None:
+            s_down = divide_(r_down, layer.forward_pair(x_pos, w_down, x_neg, w_up).add_(bias_down), self.stabilizer)
+            del r_down
+            result.add_(_spread(layer, s_down, w_down, w_up, x_pos, x_neg))
+        return result
+
+    def _non_negative_input(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        """x ≥ 0, with the bias: ``P = W⁺x + b⁺ ≥ 0`` and ``N = Wx + b − P ≤ 0``, so outputs z > 0 have
+        ``d_up = z + γP > 0`` and outputs z < 0 ``d_down = z + γN < 0``. With ``P' = P + ε/γ``, one layer
+        call with bias ``b⁺ + ε/γ``: ``stab(d_up) = γ·(P' + z/γ)`` and ``−stab(d_down) = γ·(P' − (1 + 1/γ)·z)``,
+        each one fused pass, clamped to at least ε/γ where no relevance is divided by it. The shares go
+        through ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W = −(W + γW⁻)/γ``, made from W⁺. With a folded BatchNorm
+        of positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`)."""
+        gamma, x = self.gamma, layer.x
+        r_up, r_down = _split_by_sign(relevance, layer.z)
         inverse = layer.inverse_scale()
+        weight = layer.weight if inverse is None else layer.raw_weight
         w_pos = layer.modified(_positive, scaled=inverse is None)
         shifted = _forward_shifted(layer, x, w_pos, _positive, self.stabilizer / gamma, inverse)
-        w_up = torch.add(w_pos, layer.weight if inverse is None else layer.raw_weight, alpha=1 / gamma, out=w_pos)
-        del w_pos
-        q = _plus_scaled(shifted, layer.z, _scaled_like(layer, 1.0, inverse), alpha=1 / gamma)
-        del shifted
+        per_channel = _scaled_like(layer, 1.0, inverse)
+        floor = _scaled_like(layer, self.stabilizer / gamma, inverse)
+        q_up = _plus_scaled(shifted, layer.z, per_channel, alpha=1 / gamma).clamp_min_(floor)
+        s_up = torch.div(r_up, q_up, out=q_up)
+        del r_up, q_up
+        if r_down is None:  # ReLU networks: usually no relevance reaches outputs z <= 0
+            del shifted
+            layer.release("z", "weight")
+            return layer.transpose(s_up, torch.add(w_pos, weight, alpha=1 / gamma, out=w_pos)).mul_(x)
+        q_down = _plus_scaled(shifted, layer.z, per_channel, alpha=-(1 + 1 / gamma), out=shifted).clamp_min_(floor)
+        s_down = torch.div(r_down, q_down, out=q_down)
+        del r_down, q_down, shifted
+        w_up = torch.add(w_pos, weight, alpha=1 / gamma)
+        w_down = torch.add(w_pos, weight, alpha=-(1 + 1 / gamma), out=w_pos)
+        del weight, w_pos
         layer.release("z", "weight")
-        s_up = torch.div(relevance, q.clamp_min_(_scaled_like(layer, self.stabilizer / gamma, inverse)), out=q)
-        del q
-        return layer.transpose(s_up, w_up).mul_(x)
+        pairs = [(s_up, w_up), (s_down, w_down)]
+        del s_up, s_down, w_up, w_down  # pairs holds the only references: freed one by one
+        return layer.transpose_sum(pairs).mul_(x)
+
+
+def _split_by_sign(relevance: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The relevance of outputs z > 0 and of outputs z < 0 (outputs z = 0 pass nothing); the second is
+    None when no relevance reaches outputs z <= 0, and the first is then ``relevance`` itself."""
+    r_up = where_positive(relevance, z)
+    if torch.equal(r_up, relevance):
+        return relevance, None
+    return r_up, where_positive(relevance, z.neg())
 
 
 class ZBox(Rule):
