@@ -377,3 +377,17 @@ def test_conservation_rows_chain(model_name: str, composite: str):
         logits = model(x)[torch.arange(3), [0, 1, 2]]
     torch.testing.assert_close(rows[-1].relevance_out, logits, rtol=1e-10, atol=0)
     torch.testing.assert_close(rows[0].relevance_in, expl.relevance.reshape(3, -1).sum(1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation, known", [(nn.ReLU(inplace=True), True), (nn.Softplus(), True),
+                                               (nn.ELU(), False), (nn.Tanh(), False)])
+def test_rules_know_a_relu_output_is_non_negative_without_looking(monkeypatch, activation: nn.Module, known: bool):
+    """After ReLU-like activations the αβ / γ rules skip the scan for negative inputs (the x⁻ terms);
+    after activations with negative outputs they look (and take the signed path when they find one)."""
+    looked, real_amin = [], torch.amin
+    monkeypatch.setattr(torch, "amin", lambda *args, **kwargs: looked.append(1) or real_amin(*args, **kwargs))
+    model = nn.Sequential(nn.Linear(5, 6), activation, nn.Linear(6, 3)).double().eval()
+    x = random_input((2, 5))
+    ours = lrp.explain(model, x, composite=rules.AlphaBeta(2.0, 1.0)).relevance
+    assert len(looked) == (1 if known else 2)  # the first layer's input is always looked at
+    assert torch.isfinite(ours).all()

@@ -266,6 +266,8 @@ def _out_of_place(func, op: str) -> Callable:
 
 _INPLACE_POSITION: dict[Callable, int] = {}  # functions with an ``inplace`` parameter: its position
 _AUGMENTED = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
+_NON_NEGATIVE = {"relu", "relu_", "relu6", "sigmoid", "sigmoid_", "softplus", "hardsigmoid"}
+"""Activations whose output is never negative: rules need not look for negative inputs after them."""
 
 
 def is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
@@ -301,7 +303,8 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     if args and args[0] is x:
         rest = args[1:]
         trace.recomputable[id(y)] = Recomputable(
-            weakref.ref(y), x.detach(), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs))
+            weakref.ref(y), x.detach(), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs),
+            op.rsplit(".", 1)[-1] in _NON_NEGATIVE)
     return y
 
 

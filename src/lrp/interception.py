@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -182,11 +181,11 @@ class Trace(TorchFunctionMode):
                     f"{self.describe()}): LRP has no rule for a softmax that is not the model's last op"
                 )
 
-    def source_of(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
-        """``(source, recompute)`` with ``x = recompute(source)`` when ``x`` is an activation's output
-        (see :class:`~lrp.nodes.Recomputable`), else None."""
+    def source_of(self, x: Tensor) -> Recomputable | None:
+        """How to recompute ``x`` when it is an activation's output (see :class:`~lrp.nodes.Recomputable`),
+        else None."""
         entry = self.recomputable.get(id(x))
-        return (entry.source, entry.recompute) if entry is not None and entry.ref() is x else None
+        return entry if entry is not None and entry.ref() is x else None
 
     def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
         """Record a softmax-like op: explained through its logits when it is the model's last op."""

@@ -380,6 +380,7 @@ class LayerCall:
     raw_weight: Tensor | None
     raw_bias: Tensor | None
     folded: tuple[Tensor, Tensor] | None = None
+    x_non_negative: bool = False  # x is known to be ≥ 0 (a ReLU's output) without looking
 
     @cached_property
     def weight(self) -> Tensor | None:
@@ -393,6 +394,11 @@ class LayerCall:
             return self.raw_bias
         scale, shift = self.folded
         return shift if self.raw_bias is None else scale * self.raw_bias + shift
+
+    def input_has_negative(self) -> bool:
+        """Whether x has a negative entry (else every ``x⁻`` term of a rule is exactly 0); False without
+        looking when x is a ReLU's output."""
+        return not self.x_non_negative and bool(torch.amin(self.x) < 0)
 
     def release(self, *names: str) -> None:
         """Let go of the output ``"z"`` (it reads None afterwards) or of the folded copy of ``"weight"``
@@ -426,7 +432,7 @@ class LayerCall:
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.x, self.z[..., part], self.raw_weight[part], bias,
-                                           folded)))
+                                           folded, self.x_non_negative)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:

@@ -67,6 +67,7 @@ class Recomputable(NamedTuple):
     ref: weakref.ref
     source: Tensor
     recompute: Callable[[Tensor], Tensor]
+    non_negative: bool  # the activation never outputs a negative number (ReLU)
 
 
 @dataclass(eq=False)
@@ -84,7 +85,7 @@ class LinearRecord:
     x: Tensor | None = None
     z: Tensor | None = None
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
-    x_source: tuple[Tensor, Callable[[Tensor], Tensor]] | None = None  # x = f(source), recomputed, not kept
+    x_source: Recomputable | None = None  # x = recompute(source), recomputed, not kept
 
     def keep(self, x: Tensor, z: Tensor) -> None:
         self.z = z.detach()
@@ -92,8 +93,10 @@ class LinearRecord:
             self.x = x.detach()
 
     def layer_call(self) -> LayerCall:
-        x = self.x if self.x_source is None else self.x_source[1](self.x_source[0])
-        return LayerCall(self.linear_map, x, self.z, self.weight, self.bias, self.folded)
+        if self.x_source is None:
+            return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded)
+        x = self.x_source.recompute(self.x_source.source)
+        return LayerCall(self.linear_map, x, self.z, self.weight, self.bias, self.folded, self.x_source.non_negative)
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()

@@ -53,11 +53,6 @@ def _negative(t: Tensor) -> Tensor:
     return t.clamp(max=0)
 
 
-def _has_negative(x: Tensor) -> bool:
-    """Whether ``x`` has a negative entry; if not, every ``x⁻`` term is exactly 0 and is skipped."""
-    return bool(torch.amin(x) < 0)
-
-
 class Rule:
     """Base class: a rule computes input relevance from output relevance for one layer call."""
 
@@ -170,7 +165,7 @@ class AlphaBeta(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         x = layer.x
-        signed = _has_negative(x)
+        signed = layer.input_has_negative()
         if not signed and not self.conserve_one_sided:
             return self._non_negative_input(layer, relevance)
         x_pos, x_neg = (_positive(x), _negative(x)) if signed else (x, None)
@@ -294,7 +289,7 @@ class Gamma(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        if self.gamma > 0 and (self.bias or layer.bias is None) and not _has_negative(layer.x):
+        if self.gamma > 0 and (self.bias or layer.bias is None) and not layer.input_has_negative():
             return self._non_negative_input(layer, relevance)
         gamma, x = self.gamma, layer.x
         x_pos, x_neg = _positive(x), _negative(x)
