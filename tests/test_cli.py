@@ -1,4 +1,5 @@
 """The ``lrp`` command line and the benchmark report (no timing assertions)."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 import lrp
-from lrp.benchmark import BASELINE, Measurement, live_peak_mib, markdown_table, methods_for, worker_environment
+from lrp.benchmark import (
+    BASELINE, Measurement, live_peak_mib, markdown_table, methods_for, report, worker_environment,
+)
 from lrp.cli import main
 
 COLUMNS = ["model", "input", "method", "median time (s)", "time ÷ g×i", "median CPU (s)", "CPU ÷ g×i",
@@ -73,6 +76,13 @@ def test_methods_pair_each_composite_with_zennit():
 def test_workers_wait_passively_with_the_chosen_threads():
     env = worker_environment(3)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "3"
+
+
+def test_workers_inherit_malloc_tunables_and_the_report_names_them(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "67108864")
+    assert worker_environment(2)["MALLOC_MMAP_THRESHOLD_"] == "67108864"
+    header = report([], argparse.Namespace(threads=2, quick=True), elapsed=1.0).splitlines()[2]
+    assert "OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_THRESHOLD_=67108864;" in header
 
 
 def test_table_ratios_are_relative_to_gradient_times_input():

@@ -35,6 +35,9 @@ Threads: each worker uses ``--threads`` intra-op threads (default 2) and runs wi
 default active waiting keeps idle worker threads spinning after every parallel region, which
 steals the cores from other processes (and from the other thread of our own pool when it
 oversubscribes), so timings get slower and noisier; passive waiting lets idle threads sleep.
+Workers inherit the rest of the environment; glibc malloc tunables (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``), which change how often freed memory is returned to the system and
+page-faulted back, are named in the report's header when set.
 
 The architectures (VGG-16 configuration "D", ResNet-50 with bottleneck blocks) are written here,
 not imported from torchvision, so that zennit's torchvision-specific canonizers do not apply.
@@ -563,6 +566,11 @@ def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _allocator_settings() -> str:
+    """The glibc malloc tunables that workers inherit from this environment (``MALLOC_*``), as ", K=V"."""
+    return "".join(f", {k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+
+
 def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed: float,
            load: tuple[float, float] | None = None) -> str:
     """Markdown: how it was measured, the table, and notes (zennit's handling of BatchNorm and sums)."""
@@ -571,7 +579,8 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         "# LRP engine benchmark" + (" (--quick: toy models and grids)" if options.quick else ""),
         "",
         f"torch {torch.__version__}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs visible, "
-        f"{threads} intra-op thread(s) per worker, OMP_WAIT_POLICY=PASSIVE; total wall time {elapsed:.0f} s"
+        f"{threads} intra-op thread(s) per worker, OMP_WAIT_POLICY=PASSIVE{_allocator_settings()}; "
+        f"total wall time {elapsed:.0f} s"
         + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs "
            "share the machine when it exceeds the thread count)." if load else "."),
         "",
