@@ -524,6 +524,49 @@ def test_batch_norm_folded_into_linear_layer(layers: Callable, shape: tuple) -> 
     assert len(expl.conservation()) == 2  # no separate BatchNorm row
 
 
+def _merged(producer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of ``producer`` with the eval-mode BatchNorm after it merged into its weight and bias."""
+    a = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    c = (bn.bias - a * bn.running_mean).detach()
+    merged = copy.deepcopy(producer)
+    with torch.no_grad():
+        weight = merged.weight
+        if isinstance(merged, nn.modules.conv._ConvTransposeNd):  # (C_in, C_out / groups, *K)
+            grouped = weight.view(merged.groups, -1, weight.shape[1], *weight.shape[2:])
+            grouped.mul_(a.view(merged.groups, 1, weight.shape[1], *([1] * (weight.dim() - 2))))
+        else:
+            weight.mul_(a.view(-1, *([1] * (weight.dim() - 1))))
+        merged.bias.mul_(a).add_(c)
+    return merged
+
+
+@pytest.mark.parametrize("negative_scale", [False, True], ids=["positive-scales", "a-negative-scale"])
+@pytest.mark.parametrize("composite", ["alpha2-beta1", "z-plus", "gamma"])
+@pytest.mark.parametrize("layers,shape", [
+    (lambda: (nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)), (3, 2, 4, 4)),
+    (lambda: (nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.BatchNorm2d(6)), (2, 4, 3, 3)),
+    (lambda: (nn.Linear(4, 6), nn.BatchNorm1d(6)), (3, 4)),
+], ids=["conv2d", "grouped-conv-transpose2d", "linear"])
+def test_folded_batch_norm_equals_merged_weights_for_sign_splitting_rules(
+        layers: Callable, shape: tuple, composite: str, negative_scale: bool) -> None:
+    """On non-negative inputs αβ, z⁺ and γ take a folded BatchNorm of positive scale before the scale
+    (``LayerCall.inverse_scale``) and fold one with a negative channel into the weight; both equal the
+    same model with the BatchNorm merged into the layer by hand."""
+    torch.manual_seed(0)
+    producer, bn = layers()
+    _randomize_batch_norm(bn)
+    if negative_scale:
+        with torch.no_grad():
+            bn.weight[1] *= -1
+    x = torch.rand(*shape, dtype=DT)
+    with_norm = nn.Sequential(producer, bn, nn.ReLU(), nn.Flatten()).to(DT).eval()
+    head = nn.Linear(with_norm(x).shape[1], 2).to(DT)
+    with_norm.append(head)
+    merged = nn.Sequential(_merged(producer, bn), nn.ReLU(), nn.Flatten(), head).eval()
+    close(lrp.explain(with_norm, x, composite=composite).relevance,
+          lrp.explain(merged, x, composite=composite).relevance)
+
+
 def test_batch_norm_after_relu_is_its_own_affine_layer() -> None:
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)

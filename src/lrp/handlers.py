@@ -266,7 +266,7 @@ def _out_of_place(func, op: str) -> Callable:
 
 _INPLACE_POSITION: dict[Callable, int] = {}  # functions with an ``inplace`` parameter: its position
 _AUGMENTED = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
-_NON_NEGATIVE = {"relu", "relu_", "relu6", "sigmoid", "sigmoid_", "softplus", "hardsigmoid"}
+_NON_NEGATIVE = {"relu", "relu_", "relu6", "sigmoid", "sigmoid_", "hardsigmoid"}  # not softplus: beta < 0 flips it
 """Activations whose output is never negative: rules need not look for negative inputs after them."""
 
 
