@@ -1,0 +1,98 @@
+"""A/B of two engine versions: an earlier commit's ``lrp`` against the working tree's, alternating in one
+process, each timed against gradient×input on the same model and input.
+
+    python benchmarks/engine_ab.py OLD_COMMIT [--model resnet50] [--batch 1]
+                                   [--composites epsilon,alpha1-beta0] [--repeats 7] [--threads 2] [--quick]
+
+Wall times on a shared machine drift by 10-15 % between processes; alternating the two versions
+(and the gradient) run by run in one process cancels most of that, which is how the README's
+before/after figures are measured. The earlier version is unpacked with ``git archive`` into a
+temporary directory and imported as ``lrp_old`` (the package imports itself relatively). Prints,
+per composite, the median time of each version ÷ the median gradient×input, and the largest
+difference of their relevance relative to its maximum.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see benchmarks/engine.py)
+
+import torch
+
+import lrp
+from lrp.benchmark import _composite_params, _gradient_x_input, build
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def import_old(commit: str, into: Path):
+    """``src/lrp`` of ``commit``, unpacked into ``into`` and imported as ``lrp_old``."""
+    archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", commit, "src/lrp"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "src" / "lrp").rename(into / "lrp_old")
+    sys.path.insert(0, str(into))
+    return importlib.import_module("lrp_old")
+
+
+def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each callable, run in turn ``repeats`` times after two warm-up rounds."""
+    for _ in range(2):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def explainer(package, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str,
+              params: dict) -> Callable[[], torch.Tensor]:
+    """A call of ``package.explain`` (either version of ``lrp``) returning the relevance."""
+    return lambda: package.explain(model, x, target, composite=composite, **params).relevance
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", help="the earlier commit (any git revision)")
+    parser.add_argument("--model", default="resnet50", help="paper, vgg16 or resnet50 (default: resnet50)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--composites", default="epsilon,epsilon-plus,alpha1-beta0,epsilon-alpha2-beta1,"
+                                                "epsilon-gamma-box")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="toy versions of the models (a smoke test)")
+    options = parser.parse_args(argv)
+    torch.set_num_threads(options.threads)
+    with tempfile.TemporaryDirectory() as directory:
+        old = import_old(options.old, Path(directory))
+        model, x = build(options.model, options.batch, quick=options.quick)
+        target = model(x).argmax(1)
+        for composite in options.composites.split(","):
+            runs = {"gradient×input": lambda: _gradient_x_input(model, x, target)}
+            for name, package in (("old", old), ("new", lrp)):
+                runs[name] = explainer(package, model, x, target, composite, _composite_params(composite, x))
+            before, after = runs["old"](), runs["new"]()
+            difference = float((before - after).abs().max() / before.abs().max())
+            medians = median_seconds(runs, options.repeats)
+            base = medians["gradient×input"]
+            print(f"{options.model} batch {options.batch} {composite}: gradient×input {base * 1000:.0f} ms, "
+                  f"old {medians['old'] / base:.2f}×, new {medians['new'] / base:.2f}× "
+                  f"(relevance differs by {difference:.2g} of its maximum)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
