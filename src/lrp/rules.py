@@ -59,7 +59,11 @@ class Rule:
     kinds: frozenset[str] = frozenset({WEIGHTED})
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        """Relevance of ``layer.x`` (shape of x) from the relevance of ``layer.z`` (shape of z)."""
+        """Relevance of ``layer.x`` (shape of x) from the relevance of ``layer.z`` (shape of z).
+
+        Each output neuron's relevance must be redistributed independently of the others, as every LRP
+        rule does: a dense layer with a large weight is explained block by block of output rows, and the
+        blocks' results are summed (:meth:`LayerCall.row_blocks`)."""
         raise NotImplementedError(f"{self!r} does not apply to layers")
 
     def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
