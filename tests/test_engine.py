@@ -540,7 +540,8 @@ def _merged(producer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Modu
     return merged
 
 
-@pytest.mark.parametrize("negative_scale", [False, True], ids=["positive-scales", "a-negative-scale"])
+@pytest.mark.parametrize("odd_scale", [None, -1.0, 1e-310], ids=["positive-scales", "a-negative-scale",
+                                                                   "a-denormal-scale"])
 @pytest.mark.parametrize("composite", ["alpha2-beta1", "z-plus", "gamma"])
 @pytest.mark.parametrize("layers,shape", [
     (lambda: (nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)), (3, 2, 4, 4)),
@@ -548,16 +549,16 @@ def _merged(producer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Modu
     (lambda: (nn.Linear(4, 6), nn.BatchNorm1d(6)), (3, 4)),
 ], ids=["conv2d", "grouped-conv-transpose2d", "linear"])
 def test_folded_batch_norm_equals_merged_weights_for_sign_splitting_rules(
-        layers: Callable, shape: tuple, composite: str, negative_scale: bool) -> None:
+        layers: Callable, shape: tuple, composite: str, odd_scale: float | None) -> None:
     """On non-negative inputs αβ, z⁺ and γ take a folded BatchNorm of positive scale before the scale
-    (``LayerCall.inverse_scale``) and fold one with a negative channel into the weight; both equal the
-    same model with the BatchNorm merged into the layer by hand."""
+    (``LayerCall.inverse_scale``) and fold one with a negative channel, or a scale whose inverse
+    overflows, into the weight; all equal the same model with the BatchNorm merged into the layer by hand."""
     torch.manual_seed(0)
     producer, bn = layers()
     _randomize_batch_norm(bn)
-    if negative_scale:
+    if odd_scale is not None:
         with torch.no_grad():
-            bn.weight[1] *= -1
+            bn.weight[1], bn.bias[1] = odd_scale, 0.5  # channel 1 positive: relevance reaches it
     x = torch.rand(*shape, dtype=DT)
     with_norm = nn.Sequential(producer, bn, nn.ReLU(), nn.Flatten()).to(DT).eval()
     head = nn.Linear(with_norm(x).shape[1], 2).to(DT)

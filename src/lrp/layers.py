@@ -439,10 +439,13 @@ class LayerCall:
         """``1 / s`` (C_out,) for the scale ``s`` of a folded BatchNorm when every entry is positive, else
         None. Then ``W = s·V`` (per output channel) with V the layer's own weight, and ``(s·V)⁺ = s·V⁺``:
         a rule's denominator ``d`` and its modified weight ``s·V'`` can both be taken before the scale,
-        ``(s·V')ᵀ (R / d) = V'ᵀ (R / (d / s))``, which saves the pass over the weight that folds it."""
-        if self.folded is None or not bool((self.folded[0] > 0).all()):
+        ``(s·V')ᵀ (R / d) = V'ᵀ (R / (d / s))``, which saves the pass over the weight that folds it. (None
+        too when 1/s overflows, for a denormal s.)"""
+        if self.folded is None:
             return None
-        return self.folded[0].reciprocal()
+        scale = self.folded[0]
+        inverse = scale.reciprocal()
+        return inverse if bool(((scale > 0) & torch.isfinite(inverse)).all()) else None
 
     def transpose_effective(self, s: Tensor) -> Tensor:
         """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` (a temporary of the caller, in
