@@ -43,9 +43,12 @@ BLOCK_WEIGHT_BYTES = 32 * 2**20
 about half of it (see :meth:`LayerCall.row_blocks`)."""
 
 
-DIVIDE_CHUNK = 1 << 18
-"""Elements per chunk of the stabilised division of large CPU tensors: its temporary stays in the
-cache (3-4x faster than whole-tensor passes on a 3D CNN's first layers) and costs no memory."""
+DIVIDE_CHUNK = 1 << 20
+"""Elements per chunk of the in-place stabilised division (:func:`divide_`) of CPU tensors of more than
+eight chunks, so that its ε·sign temporary stays chunk-sized instead of as large as the tensor. Measured
+with 2 threads: a 265 M-element 3D CNN activation takes 102 ms in chunks of 2^20 against 382 ms whole
+(238 ms with the earlier 2^18) and a 6.4 M-element one (ResNet-50, batch 8) 1.9 ms whole against 2.9 ms
+in chunks, since each chunk pays for waking the threads."""
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -55,14 +58,11 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
 
 
 def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
-    """``relevance / stabilize(denominator, ε)`` as a new tensor."""
-    if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
-        return relevance / stabilize(denominator, epsilon)
-    out, shift = torch.empty_like(denominator), _shift(epsilon, denominator)
-    for r, d, o in _chunks(relevance, denominator, out):
-        torch.copysign(shift, d, out=o)
-        torch.div(r, o.add_(d), out=o)
-    return out
+    """``relevance / stabilize(denominator, ε)`` as a new tensor (the stabilised one, when shapes match)."""
+    stabilized = stabilize(denominator, epsilon)
+    if stabilized.shape == relevance.shape and stabilized.dtype == relevance.dtype:
+        return torch.div(relevance, stabilized, out=stabilized)
+    return relevance / stabilized
 
 
 def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
@@ -79,10 +79,10 @@ def _shift(epsilon: float, like: Tensor) -> Tensor:
 
 
 def _chunks(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
-    """The tensors (one shape) themselves, or for large contiguous CPU tensors aligned flat chunks of
-    ``DIVIDE_CHUNK`` elements."""
+    """The tensors (one shape) themselves, or for contiguous CPU tensors of more than eight chunks aligned
+    flat chunks of ``DIVIDE_CHUNK`` elements."""
     first = tensors[0]
-    if (first.device.type != "cpu" or first.numel() <= 4 * DIVIDE_CHUNK
+    if (first.device.type != "cpu" or first.numel() <= 8 * DIVIDE_CHUNK
             or not all(t.is_contiguous() and t.shape == first.shape for t in tensors)):
         yield tensors
         return
