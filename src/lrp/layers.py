@@ -31,6 +31,7 @@ __all__ = [
     "divide_",
     "safe_divide",
     "stabilize",
+    "sum_taking",
     "where_positive",
 ]
 
@@ -103,12 +104,12 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1, denominator))
 
 
-def _sum_taking_pairs(pairs: list[tuple[Tensor, Tensor]], transpose: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``Σ transpose(s, weight)``, popping each pair from the list before its transpose runs, so that an
-    ``s`` the list held the last reference to is freed before the next transpose allocates."""
+def sum_taking(items: list[tuple], apply: Callable[..., Tensor]) -> Tensor:
+    """``Σ apply(*item)`` over the list, popping each item before ``apply`` runs on it (the list is left
+    empty), so that a tensor the list held the last reference to is freed before the next one allocates."""
     result = None
-    while pairs:
-        part = transpose(*pairs.pop(0))
+    while items:
+        part = apply(*items.pop(0))
         result = part if result is None else result.add_(part)
     return result
 
@@ -131,7 +132,7 @@ class LinearMap(ABC):
         left empty): when the list holds the only references, each ``s`` is freed as soon as its
         transposed layer has run. A convolution run in slabs stacks the pairs slab by slab into one
         transposed layer instead."""
-        return _sum_taking_pairs(pairs, lambda s, weight: self.transpose(s, weight, x))
+        return sum_taking(pairs, lambda s, weight: self.transpose(s, weight, x))
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         """``forward(a, weight_a) + forward(b, weight_b)``; maps that can run it as one layer with
@@ -227,7 +228,7 @@ class Convolution(LinearMap):
         if rows is None:
             if any(self.extra_padding):  # the transposed layer sees the padded input; crop it after
                 x = torch.empty(padded, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-            result = _sum_taking_pairs(pairs, lambda s, weight: self._convolution_backward(s, weight, x, self.padding))
+            result = sum_taking(pairs, lambda s, weight: self._convolution_backward(s, weight, x, self.padding))
         else:  # slabs of output rows, each adding into a canvas padded in the first spatial dimension;
             # several pairs are stacked along the output channels slab by slab (one call, little memory)
             s, weight = pairs[0]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .layers import ChannelAffine, LayerCall, LinearMap
+from .layers import ChannelAffine, LayerCall, LinearMap, sum_taking
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -106,11 +106,7 @@ class LinearRecord:
             result = self.rule.relevance(layer, relevance)
         else:
             del layer  # each block holds what it needs
-            result = None
-            while blocks:
-                rows, block = blocks.pop(0)
-                part = self.rule.relevance(block, relevance[..., rows])
-                result = part if result is None else result.add_(part)
+            result = sum_taking(blocks, lambda rows, block: self.rule.relevance(block, relevance[..., rows]))
         self.trace.log(self, relevance, result)
         return result
 

@@ -196,7 +196,7 @@ class AlphaBeta(Rule):
         if self.conserve_one_sided:  # one-sided neurons pass their relevance with weight 1
             alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
             beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
-        if need_negative and not signed:  # both shares through one transposed layer where possible
+        if not signed:  # (conserve_one_sided, so need_negative) both shares through one transposed layer
             pairs = [(_scaled(divide_(relevance, positive, self.stabilizer), alpha), w_pos),
                      (_scaled(divide_(relevance, negative, self.stabilizer), -beta), w_neg)]
             del positive, negative, w_pos, w_neg  # pairs holds the only references: freed one by one
@@ -323,7 +323,7 @@ class Gamma(Rule):
         r_up, r_down = _split_by_sign(relevance, layer.z)
         inverse = layer.inverse_scale()
         weight = layer.weight if inverse is None else layer.raw_weight
-        w_pos = layer.modified(_positive, scaled=inverse is None)
+        w_pos = _positive(weight)
         shifted = _forward_shifted(layer, x, w_pos, _positive, self.stabilizer / gamma, inverse)
         per_channel = _scaled_like(layer, 1.0, inverse)
         floor = _scaled_like(layer, self.stabilizer / gamma, inverse)
