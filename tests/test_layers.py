@@ -158,3 +158,32 @@ def test_layer_call_release_names_what_it_can_release() -> None:
     assert call.z is None
     with pytest.raises(ValueError, match="'z' or 'weight'"):
         call.release("x")
+
+
+def test_workspace_reuses_one_buffer_per_slot_and_grows_it() -> None:
+    workspace = lrp.workspace.Workspace()
+    like = torch.empty(3, 4, dtype=DT)
+    first = workspace.take("a", like)
+    assert first.shape == (3, 4) and first.dtype == DT and first.is_contiguous()
+    assert workspace.take("a", like[:2]).data_ptr() == first.data_ptr()  # smaller: a view of the same memory
+    assert workspace.take("b", like).data_ptr() != first.data_ptr()  # another slot: its own memory
+    assert workspace.take("a", like.float()).data_ptr() != first.data_ptr()  # another dtype too
+    grown = workspace.take("a", torch.empty(5, 4, dtype=DT))
+    assert grown.shape == (5, 4)
+    assert workspace.take("a", like).data_ptr() == grown.data_ptr()
+
+
+def test_row_blocks_share_a_workspace_for_modified_weights(monkeypatch) -> None:
+    """Each block's W⁺ is written into the same buffer; the sum over the blocks equals the whole call."""
+    monkeypatch.setattr(layers, "BLOCK_WEIGHT_BYTES", 8 * 5 * 2)  # 10-row weight: blocks of one row
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.rand(2, 5, dtype=DT, generator=generator), torch.randn(10, 5, dtype=DT, generator=generator)
+    call = layers.LayerCall(layers.Dense(), x, x @ weight.T, weight, None)
+    blocks = call.row_blocks()
+    assert len(blocks) == 10
+    pointers = {block.modified(lrp.rules._positive).data_ptr() for _, block in blocks}
+    assert len(pointers) == 1
+    rule, relevance = lrp.rules.AlphaBeta(2.0, 1.0), torch.randn(2, 10, dtype=DT, generator=generator)
+    whole = rule.relevance(layers.LayerCall(layers.Dense(), x, x @ weight.T, weight, None), relevance)
+    summed = sum(rule.relevance(block, relevance[..., rows]) for rows, block in call.row_blocks())
+    torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)

@@ -1,7 +1,7 @@
 """Engine benchmark: wall time and peak memory of LRP composites next to gradient×input and zennit.
 
 For every (model, batch, method) a fresh Python process builds the model (random weights, fixed
-seed) and the input, then runs the explanation ``1 + repeats`` times:
+seed) and the input, then runs the explanation:
 
 - untimed warm-up runs on the whole batch: at least ``WARMUP_MIN_RUNS``, then more until
   ``WARMUP_SECONDS`` have passed or ``WARMUP_MAX_RUNS`` ran (lazy imports, kernel selection, and the
@@ -11,13 +11,14 @@ seed) and the input, then runs the explanation ``1 + repeats`` times:
   median CPU time of the process (``time.process_time``, all threads). On a machine shared with
   other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
   are the steadier comparison;
-- the first timed run also measures memory (RSS): after ``gc.collect()`` and ``malloc_trim(0)`` the
-  process's peak resident set size (``VmHWM``) is reset to the current RSS
-  (``echo 5 > /proc/self/clear_refs``, Linux ≥ 4.0); the extra memory is ``VmHWM`` after the run
-  minus ``VmRSS`` before it, i.e. everything the explanation holds at its peak beyond model and
-  input (activations, saved tensors, rule intermediates, the relevance itself). A fresh process per
-  configuration keeps one method's cached allocations from hiding the next one's peak. Its
-  relevance gives the column ΣR / logit;
+- one more run measures memory (RSS): after ``gc.collect()`` and ``malloc_trim(0)`` the process's
+  peak resident set size (``VmHWM``) is reset to the current RSS (``echo 5 > /proc/self/clear_refs``,
+  Linux ≥ 4.0); the extra memory is ``VmHWM`` after the run minus ``VmRSS`` before it, i.e.
+  everything the explanation holds at its peak beyond model and input (activations, saved tensors,
+  rule intermediates, the relevance itself). A fresh process per configuration keeps one method's
+  cached allocations from hiding the next one's peak. Its relevance gives the column ΣR / logit.
+  It is not timed: ``malloc_trim`` has returned the warm heap to the system, so this run faults all
+  of its memory back in, which is not the steady state the timed runs measure;
 - one more run under ``torch.profiler`` with ``profile_memory=True`` gives the peak of the bytes held
   by live tensors (every allocation and free in time order, :func:`live_peak_mib`): what
   ``torch.cuda.max_memory_allocated`` would report on a GPU. The RSS also counts freed memory that
@@ -392,19 +393,19 @@ def _worker(spec_json: str) -> dict:
     method = _method(spec["method"])
     note = _zennit_merge_note(model) if spec["method"].startswith("zennit:") else ""
     warm_up(lambda: method(model, x, target))
-    _release_free_memory()
-    base = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
     times, cpu_times = [], []
-    for run in range(spec["repeats"]):
+    for _ in range(spec["repeats"]):
         start, start_cpu = time.perf_counter(), time.process_time()
-        relevance, logits = method(model, x, target)
+        method(model, x, target)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - start_cpu)
-        if run == 0:
-            peak = _proc_status_mib("VmHWM") if base is not None else None
-            explained = logits.gather(1, target[:, None]).squeeze(1)
-            ratio = (relevance.flatten(1).sum(1) / explained).mean().item()
-        del relevance, logits
+    _release_free_memory()  # after the timed runs: the first run after it faults its whole heap back in
+    base = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
+    relevance, logits = method(model, x, target)
+    peak = _proc_status_mib("VmHWM") if base is not None else None
+    explained = logits.gather(1, target[:, None]).squeeze(1)
+    ratio = (relevance.flatten(1).sum(1) / explained).mean().item()
+    del relevance, logits
     return {"times": times, "cpu_times": cpu_times, "base_mib": base, "peak_mib": peak, "sum_ratio": ratio,
             "live_mib": live_peak_mib(lambda: method(model, x, target)), "note": note}
 
@@ -588,9 +589,9 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs (column *runs*); *median time* is their median "
         "wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
         "when other jobs load the machine).",
-        "- *extra peak memory*: peak RSS during the first timed run (VmHWM, reset to the current RSS just "
-        "before it via /proc/self/clear_refs, after gc and malloc_trim) minus the RSS before it (model, "
-        "input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
+        "- *extra peak memory*: peak RSS during one untimed run after the timed ones (VmHWM, reset to the "
+        "current RSS just before it via /proc/self/clear_refs, after gc and malloc_trim) minus the RSS before "
+        "it (model, input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
         "run, from torch.profiler's allocation records (what torch.cuda.max_memory_allocated reports on a "
         "GPU; the RSS also counts freed memory that malloc keeps). Ratios are to gradient×input of the same "
         "model and batch.",

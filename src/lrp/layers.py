@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .workspace import Workspace
 
 __all__ = [
     "ChannelAffine",
@@ -372,7 +374,8 @@ class LayerCall:
 
     x: input (N, C_in, *S_in); z: output incl. bias (N, C_out, *S_out); raw_weight / raw_bias: the
     layer's own parameters (bias may be None); folded: (scale, shift) (C_out,) of a BatchNorm folded
-    into the call. ``weight`` and ``bias`` are the effective parameters, folded on first use.
+    into the call. ``weight`` and ``bias`` are the effective parameters, folded on first use. Modified
+    weights are written into ``workspace`` when there is one (the blocks of :meth:`row_blocks` share one).
     """
 
     linear_map: LinearMap
@@ -382,6 +385,8 @@ class LayerCall:
     raw_bias: Tensor | None
     folded: tuple[Tensor, Tensor] | None = None
     x_non_negative: bool = False  # x is known to be ≥ 0 (a ReLU's output) without looking
+    workspace: Workspace | None = None
+    _modified_count: int = field(default=0, init=False, repr=False)
 
     @cached_property
     def weight(self) -> Tensor | None:
@@ -414,26 +419,33 @@ class LayerCall:
             else:
                 raise ValueError(f"a layer call can release 'z' or 'weight', not {name!r}")
 
-    def modified(self, modify: Callable[[Tensor], Tensor], scaled: bool = True) -> Tensor:
-        """``modify(weight)``, element-wise (e.g. the positive part). ``scaled=False`` modifies the layer's
-        own weight, before a folded BatchNorm's scale (see :meth:`inverse_scale`)."""
-        return modify(self.weight if scaled else self.raw_weight)
+    def modified(self, modify: Callable[[Tensor, Tensor | None], Tensor], scaled: bool = True) -> Tensor:
+        """``modify(weight, out)``, an element-wise function of the weight (e.g. its positive part) written
+        into ``out``: a workspace buffer of its own, valid while this call is explained, or None (a new
+        tensor). ``scaled=False`` modifies the layer's own weight, before a folded BatchNorm's scale (see
+        :meth:`inverse_scale`)."""
+        weight = self.weight if scaled else self.raw_weight
+        out = None if self.workspace is None else self.workspace.take(f"weight{self._modified_count}", weight)
+        self._modified_count += 1
+        return modify(weight, out)
 
     def row_blocks(self) -> list[tuple[slice, LayerCall]] | None:
         """The call split into blocks of output rows, each a call of its own, when its weight is a large
         dense one (VGG-16's 400 MB classifier layer); else None. Rules treat output neurons independently,
-        so the input relevance is the sum over the blocks, and a rule's modified weights (``W⁺``, ...)
-        then exist one block at a time, used by the block's forward and transpose while in cache."""
+        so the input relevance is the sum over the blocks. A rule's modified weights (``W⁺``, ...) then exist
+        one block at a time, written into buffers that the blocks share (a :class:`Workspace`): still in
+        cache when the block's forward and transpose read them, and no fresh pages per block (VGG-16's first
+        dense layer at batch 1, α1β0: 49 → 26 ms)."""
         rows = None if self.raw_weight is None else self.linear_map.block_rows(self.raw_weight)
         if rows is None:
             return None
-        blocks = []
+        blocks, workspace = [], Workspace()
         for start in range(0, self.raw_weight.shape[0], rows):
             part = slice(start, start + rows)
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.x, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.x_non_negative)))
+                                           folded, self.x_non_negative, workspace)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:

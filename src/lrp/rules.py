@@ -45,12 +45,12 @@ SUM = "sum"                      # element-wise sum of several tensors on the pa
 ELEMENTWISE = "elementwise"      # activations
 
 
-def _positive(t: Tensor) -> Tensor:
-    return t.clamp(min=0)
+def _positive(t: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.clamp(t, min=0, out=out)
 
 
-def _negative(t: Tensor) -> Tensor:
-    return t.clamp(max=0)
+def _negative(t: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.clamp(t, max=0, out=out)
 
 
 class Rule:
@@ -298,8 +298,8 @@ class Gamma(Rule):
         gamma, x = self.gamma, layer.x
         x_pos, x_neg = _positive(x), _negative(x)
         r_up, r_down = _split_by_sign(relevance, layer.z)
-        w_up = layer.modified(lambda w: torch.add(w, _positive(w), alpha=gamma))  # x⁺ for z > 0, x⁻ for z < 0
-        w_down = layer.modified(lambda w: torch.add(w, _negative(w), alpha=gamma))  # x⁻ for z > 0, x⁺ for z < 0
+        w_up = layer.modified(lambda w, out: torch.add(w, _positive(w), alpha=gamma, out=out))  # x⁺: z > 0, x⁻: z < 0
+        w_down = layer.modified(lambda w, out: torch.add(w, _negative(w), alpha=gamma, out=out))  # x⁻: z > 0, x⁺: z < 0
         bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
         bias_down = layer.bias_term(lambda b: torch.add(b, _negative(b), alpha=gamma)) if self.bias else 0.0
         layer.release("z", "weight")
@@ -323,7 +323,7 @@ class Gamma(Rule):
         r_up, r_down = _split_by_sign(relevance, layer.z)
         inverse = layer.inverse_scale()
         weight = layer.weight if inverse is None else layer.raw_weight
-        w_pos = _positive(weight)
+        w_pos = layer.modified(_positive, scaled=inverse is None)
         shifted = _forward_shifted(layer, x, w_pos, _positive, self.stabilizer / gamma, inverse)
         per_channel = _scaled_like(layer, 1.0, inverse)
         floor = _scaled_like(layer, self.stabilizer / gamma, inverse)
@@ -337,13 +337,18 @@ class Gamma(Rule):
         q_down = _plus_scaled(shifted, layer.z, per_channel, alpha=-(1 + 1 / gamma), out=shifted).clamp_min_(floor)
         s_down = torch.div(r_down, q_down, out=q_down)
         del r_down, q_down, shifted
-        w_up = torch.add(w_pos, weight, alpha=1 / gamma)
+        w_up = layer.modified(_added_to(w_pos, 1 / gamma), scaled=inverse is None)
         w_down = torch.add(w_pos, weight, alpha=-(1 + 1 / gamma), out=w_pos)
         del weight, w_pos
         layer.release("z", "weight")
         pairs = [(s_up, w_up), (s_down, w_down)]
         del s_up, s_down, w_up, w_down  # pairs holds the only references: freed one by one
         return layer.transpose_sum(pairs).mul_(x)
+
+
+def _added_to(base: Tensor, factor: float) -> Callable[[Tensor, Tensor | None], Tensor]:
+    """The weight modification ``(w, out) ↦ base + factor · w``."""
+    return lambda w, out: torch.add(base, w, alpha=factor, out=out)
 
 
 def _split_by_sign(relevance: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -405,8 +410,12 @@ class Flat(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         ones = torch.ones_like(layer.x[:1])
-        weight = None if layer.raw_weight is None else layer.modified(torch.ones_like)
+        weight = None if layer.raw_weight is None else layer.modified(_ones)
         return layer.transpose(divide(relevance, layer.forward(ones, weight), self.stabilizer), weight)
+
+
+def _ones(like: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.ones_like(like) if out is None else out.fill_(1)
 
 
 class WSquare(Rule):
@@ -420,7 +429,7 @@ class WSquare(Rule):
         self.bias = bias
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        squared = layer.modified(torch.square)
+        squared = layer.modified(lambda w, out: torch.square(w, out=out))
         ones = torch.ones_like(layer.x[:1])
         bias = layer.bias_term(torch.square) if self.bias else 0.0
         return layer.transpose(divide(relevance, layer.forward(ones, squared) + bias, self.stabilizer), squared)
