@@ -187,3 +187,10 @@ def test_row_blocks_share_a_workspace_for_modified_weights(monkeypatch) -> None:
     whole = rule.relevance(layers.LayerCall(layers.Dense(), x, x @ weight.T, weight, None), relevance)
     summed = sum(rule.relevance(block, relevance[..., rows]) for rows, block in call.row_blocks())
     torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_where_positive_and_where_negative_split_by_strict_sign() -> None:
+    sign_source = torch.tensor([-2.0, -1e-300, -0.0, 0.0, 1e-300, 3.0], dtype=DT)
+    values = torch.arange(1.0, 7.0, dtype=DT)
+    assert layers.where_positive(values, sign_source).tolist() == [0, 0, 0, 0, 5, 6]
+    assert layers.where_negative(values, sign_source).tolist() == [1, 2, 0, 0, 0, 0]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .layers import LayerCall, divide, divide_, safe_divide, where_positive
+from .layers import LayerCall, divide, divide_, safe_divide, where_negative, where_positive
 
 __all__ = [
     "AlphaBeta",
@@ -357,7 +357,7 @@ def _split_by_sign(relevance: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]
     r_up = where_positive(relevance, z)
     if torch.equal(r_up, relevance):
         return relevance, None
-    return r_up, where_positive(relevance, z.neg())
+    return r_up, where_negative(relevance, z)
 
 
 class ZBox(Rule):
