@@ -891,6 +891,8 @@ def test_conservation_table() -> None:
     logit = expl.prediction.gather(1, expl.target[:, None])[:, 0]
     close(rows[-1].relevance_out, logit)
     close(rows[0].relevance_in + _skip_share(model, x, expl), expl.relevance.sum((1, 2, 3)))
+    # conv2 receives the sum's share of its branch (the sum of that share is handed on, not taken again)
+    close(rows[1].relevance_out + _skip_share(model, x, expl), rows[2].relevance_in)
     for row in rows:
         assert row.relevance_out.shape == row.relevance_in.shape == (2,)
         close(row.absorbed, row.relevance_out - row.relevance_in)

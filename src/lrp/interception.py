@@ -54,8 +54,9 @@ class Trace(TorchFunctionMode):
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self.recomputable: dict[int, Recomputable] = {}
         self._handles: list[Any] = []
-        # the relevance the last logged op returned: (weak reference, version, per-sample sums)
-        self._handed_on: tuple[weakref.ref, int, Tensor] | None = None
+        # relevance that logged ops returned and no op has received yet: id -> (weak reference, version,
+        # per-sample sums), so that the op receiving it unchanged (through a ReLU) need not sum it again
+        self._handed_on: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -144,14 +145,17 @@ class Trace(TorchFunctionMode):
 
     def log(self, record, relevance_out: Tensor, relevance_in: Tensor | list[Tensor]) -> None:
         inputs = relevance_in if isinstance(relevance_in, list) else [relevance_in]
-        total_in = sum(per_sample(r) for r in inputs)
-        handed_on, self._handed_on = self._handed_on, None
+        sums = [per_sample(r) for r in inputs]
+        total_in = sum(sums)
+        handed_on = self._handed_on.pop(id(relevance_out), None)
         if handed_on is not None and handed_on[0]() is relevance_out and handed_on[1] == relevance_out._version:
-            total_out = handed_on[2]  # what the op before returned, passed on unchanged (through a ReLU)
+            total_out = handed_on[2]  # what an op before returned, passed on unchanged (through a ReLU)
         else:
             total_out = per_sample(relevance_out)
-        if len(inputs) == 1:
-            self._handed_on = (weakref.ref(inputs[0]), inputs[0]._version, total_in)
+        for key in [key for key, (ref, _, _) in self._handed_on.items() if ref() is None]:
+            del self._handed_on[key]  # freed without reaching a logged op (summed with another share, ...)
+        for r, total in zip(inputs, sums):
+            self._handed_on[id(r)] = (weakref.ref(r), r._version, total)
         op = getattr(record, "op", "batch_norm").rsplit(".", 1)[-1]
         self.rows.append(ConservationRow(record.index, record.name or "<model>", op, repr(record.rule), total_out,
                                          total_in))
