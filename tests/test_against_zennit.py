@@ -117,6 +117,7 @@ RULES: list[rules.Rule] = [
     rules.AlphaBeta(1.0, 0.0),
     rules.AlphaBeta(2.0, 1.0),
     rules.AlphaBeta(2.0, 1.0, bias=False),
+    rules.AlphaBeta(3.0, 2.0),  # α, β ≠ 1: with α2β1 alone, a lost factor β = 1 would go unnoticed
     rules.ZPlus(),
     rules.ZPlus(bias=False),
     rules.ZBox(-4.0, 4.0),
