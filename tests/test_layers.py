@@ -44,6 +44,23 @@ def test_chunked_convolution_equals_one_call(case: str, monkeypatch: pytest.Monk
     torch.testing.assert_close(conv.transpose(s, weight, x), transposed, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["2d-strided", "2d-dilated", "2d-same-even", "3d"])
+def test_chunked_transpose_of_a_channels_last_input_keeps_its_layout(case: str, monkeypatch) -> None:
+    """The slabs' canvas and stand-in input take x's memory format, so the result comes in its layout,
+    channels innermost (cropped from the canvas, so not necessarily dense); a contiguous result would make
+    the rule's element-wise product with x mix layouts."""
+    conv, x, weight = _conv(case)
+    channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    x = x.contiguous(memory_format=channels_last)
+    s = torch.randn_like(conv.forward(x.contiguous(), weight))
+    expected = conv.transpose(s, weight, x.contiguous())
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)
+    assert conv._rows_per_chunk(x, weight, s.shape[2]) is not None
+    transposed = conv.transpose(s, weight, x)
+    torch.testing.assert_close(transposed, expected, rtol=1e-12, atol=1e-12)
+    assert transposed.stride(1) == 1
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 600])
 @pytest.mark.parametrize("case", CASES)
 def test_transpose_is_the_adjoint_of_forward(case: str, chunk_bytes: int | None, monkeypatch) -> None:

@@ -244,7 +244,8 @@ class Convolution(LinearMap):
             stacked = torch.cat([w for _, w in pairs]) if len(pairs) > 1 and self.groups == 1 else None
             pad = self.padding[0]
             span = self.dilation[0] * (weight.shape[2] - 1) + 1
-            result = s.new_zeros((padded[0], padded[1], padded[2] + 2 * pad, *padded[3:]))
+            result = torch.empty((padded[0], padded[1], padded[2] + 2 * pad, *padded[3:]), dtype=s.dtype,
+                                 device=s.device, memory_format=_memory_format(x)).zero_()
             for start in range(0, s.shape[2], rows):
                 stop = min(start + rows, s.shape[2])
                 length = (stop - start - 1) * self.stride[0] + span
@@ -319,13 +320,14 @@ class Convolution(LinearMap):
 
 
 def _stand_in(shape: Sequence[int], x: Tensor) -> Tensor:
-    """A contiguous tensor of ``shape`` as the input argument of a transposed layer, which reads only its
-    shape (the result is linear in ``s`` alone): a view of ``x``'s memory where that is large enough, so
-    that a slab costs no allocation, else new uninitialised memory."""
+    """A tensor of ``shape`` in ``x``'s memory format as the input argument of a transposed layer, which
+    reads only its shape and layout (the result is linear in ``s`` alone, and comes in that layout): a view
+    of ``x``'s memory where ``x`` is contiguous and large enough, so that a slab costs no allocation, else
+    new uninitialised memory."""
     n = math.prod(shape)
     if x.is_contiguous() and x.numel() >= n:
         return x.reshape(-1)[:n].view(shape)
-    return torch.empty(shape, dtype=x.dtype, device=x.device)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
