@@ -1,16 +1,18 @@
-"""The linear maps rules act on: chunked CPU convolutions equal one-call convolutions, and the
-transposes are the adjoints of the forwards (⟨f(x), s⟩ = ⟨x, fᵀ(s)⟩)."""
+"""The linear maps rules act on: chunked CPU convolutions equal one-call convolutions, the
+transposes are the adjoints of the forwards (⟨f(x), s⟩ = ⟨x, fᵀ(s)⟩), and they keep a channels_last
+input's layout."""
 from __future__ import annotations
 
 import weakref
 
 import pytest
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
+from torch import nn
 
 import lrp
 from lrp import layers
-from lrp.layers import Convolution
+from lrp.layers import Convolution, ParameterFree
 
 DT = torch.float64
 
@@ -211,3 +213,15 @@ def test_where_positive_and_where_negative_split_by_strict_sign() -> None:
     values = torch.arange(1.0, 7.0, dtype=DT)
     assert layers.where_positive(values, sign_source).tolist() == [0, 0, 0, 0, 5, 6]
     assert layers.where_negative(values, sign_source).tolist() == [1, 2, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("op", [lambda t: F.avg_pool2d(t, 2), lambda t: t.mean(dim=(2, 3), keepdim=True)],
+                         ids=["avg_pool2d", "mean"])
+def test_parameter_free_transpose_keeps_a_channels_last_layout(op) -> None:
+    """The transpose of a parameter-free op (autograd's, materialised where it is an expanded view) comes in
+    x's memory format, as the rule multiplies it by x."""
+    x = torch.randn(2, 3, 6, 4, dtype=DT).contiguous(memory_format=torch.channels_last)
+    s = torch.randn_like(op(x.contiguous()))
+    transposed = ParameterFree(op).transpose(s, None, x)
+    torch.testing.assert_close(transposed, ParameterFree(op).transpose(s, None, x.contiguous()), rtol=0, atol=0)
+    assert transposed.is_contiguous(memory_format=torch.channels_last)

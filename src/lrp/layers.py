@@ -374,7 +374,7 @@ class ParameterFree(LinearMap):
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.op(leaf), leaf, s)
-        return grad.contiguous()  # sum / mean give an expanded view of s
+        return grad.contiguous(memory_format=_memory_format(x))  # sum / mean give an expanded view of s
 
 
 @dataclass
