@@ -1,5 +1,6 @@
 """The ``lrp`` command line and the benchmark report (no timing assertions)."""
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,15 @@ import pytest
 import torch
 
 import lrp
+from lrp import benchmark
 from lrp.benchmark import (
-    BASELINE, Measurement, live_peak_mib, markdown_table, methods_for, report, worker_environment,
+    BASELINE,
+    Measurement,
+    live_peak_mib,
+    markdown_table,
+    methods_for,
+    report,
+    worker_environment,
 )
 from lrp.cli import main
 
@@ -42,7 +50,8 @@ def test_bench_help_documents_options(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--models", "--batch", "--repeats", "--methods", "--quick", "--output", "--threads"):
+    for option in ("--models", "--batch", "--repeats", "--methods", "--quick", "--output", "--threads",
+                   "--channels-last"):
         assert option in out
 
 
@@ -76,6 +85,23 @@ def test_methods_pair_each_composite_with_zennit():
 def test_workers_wait_passively_with_the_chosen_threads():
     env = worker_environment(3)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.parametrize("model, memory_format", [("resnet50", torch.channels_last),
+                                                   ("paper", torch.channels_last_3d)])
+def test_bench_channels_last_gives_every_method_a_channels_last_input(monkeypatch, model, memory_format):
+    formats = []
+
+    def method(net, x, target):
+        formats.append(x.is_contiguous(memory_format=memory_format))  # one channel (paper): both formats
+        return benchmark._gradient_x_input(net, x, target)
+    monkeypatch.setattr(benchmark, "_method", lambda name: method)
+    spec = {"model": model, "batch": 2, "method": BASELINE, "repeats": 1, "threads": torch.get_num_threads(),
+            "quick": True, "channels_last": True}
+    benchmark._worker(json.dumps(spec))
+    assert formats and all(formats)
+    options = argparse.Namespace(threads=2, quick=True, channels_last=True)
+    assert "inputs in channels_last memory format" in report([], options, elapsed=1.0).splitlines()[2]
 
 
 def test_workers_inherit_malloc_tunables_and_the_report_names_them(monkeypatch):

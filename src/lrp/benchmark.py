@@ -388,6 +388,8 @@ def _worker(spec_json: str) -> dict:
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
     model, x = build(spec["model"], spec["batch"], spec["quick"])
+    if spec["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     with torch.no_grad():
         target = model(x).argmax(1)
     method = _method(spec["method"])
@@ -477,10 +479,11 @@ def worker_environment(threads: int) -> dict[str, str]:
 
 
 def measure(model: str, batch: int, method: str, *, repeats: int, threads: int, quick: bool,
-            timeout: float | None = None) -> Measurement:
-    """Run one configuration in a fresh Python process; failures are recorded, not raised."""
+            channels_last: bool = False, timeout: float | None = None) -> Measurement:
+    """Run one configuration in a fresh Python process; failures are recorded, not raised. ``channels_last``
+    gives the method its input in that memory format (channels_last_3d for 5-D inputs)."""
     spec = json.dumps({"model": model, "batch": batch, "method": method, "repeats": repeats, "threads": threads,
-                       "quick": quick})
+                       "quick": quick, "channels_last": channels_last})
     code = "from lrp.benchmark import _worker_main; _worker_main()"
     result = Measurement(model, batch, method)
     try:
@@ -517,7 +520,8 @@ def run(options: argparse.Namespace, progress: Callable[[str], None] | None = No
             for batch in getattr(options, MODELS[model].batches_option) for method in methods]
     for step, (model, batch, method) in enumerate(plan, start=1):
         repeats = options.repeats or (1 if options.quick else MODELS[model].repeats(batch))
-        result = measure(model, batch, method, repeats=repeats, threads=options.threads, quick=options.quick)
+        result = measure(model, batch, method, repeats=repeats, threads=options.threads, quick=options.quick,
+                         channels_last=options.channels_last)
         results.append(result)
         if progress is not None:
             outcome = result.error or f"median {result.median:.3f} s, extra peak " + (
@@ -580,7 +584,9 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         "# LRP engine benchmark" + (" (--quick: toy models and grids)" if options.quick else ""),
         "",
         f"torch {torch.__version__}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs visible, "
-        f"{threads} intra-op thread(s) per worker, OMP_WAIT_POLICY=PASSIVE{_allocator_settings()}; "
+        f"{threads} intra-op thread(s) per worker, OMP_WAIT_POLICY=PASSIVE{_allocator_settings()}"
+        + ("; inputs in channels_last memory format (channels_last_3d for the paper model), model weights as "
+           "built" if getattr(options, "channels_last", False) else "") + "; "
         f"total wall time {elapsed:.0f} s"
         + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs "
            "share the machine when it exceeds the thread count)." if load else "."),
@@ -669,6 +675,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads per worker process (default: 2)")
     parser.add_argument("--quick", action="store_true",
                         help="toy-sized models and grids (a smoke run: seconds, not minutes)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="give every method its input in channels_last memory format (channels_last_3d for "
+                             "the paper model, whose one-channel volume is the same in both formats); the model's "
+                             "weights stay as built")
     parser.add_argument("--output", metavar="FILE",
                         help="also write the report (markdown: method notes and the table) to FILE")
 
