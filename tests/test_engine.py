@@ -1351,6 +1351,27 @@ def test_float32_matches_float64(composite: str, params: dict) -> None:
     close(r32.relevance.to(DT), r64.relevance, rtol=1e-3, atol=1e-4 * float(scale))
 
 
+@pytest.mark.parametrize("composite,params", [("epsilon", {}), ("alpha2-beta1", {}), ("epsilon-plus", {}),
+                                              ("epsilon-gamma-box", {"low": 0.0, "high": 1.0})])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_channel_float32_matches_float64(composite: str, params: dict, dims: int) -> None:
+    """The first layer of a one-channel float32 input (an MRI volume) is transposed with channels-last weights
+    (``Convolution._one_channel_on_cpu``); float64 takes the ordinary path."""
+    torch.manual_seed(0)
+    conv, norm, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d,
+                                                                                  nn.MaxPool3d)
+    model = nn.Sequential(conv(1, 4, 3, padding=1), norm(4), nn.ReLU(), pool(2), conv(4, 4, 3), nn.ReLU(),
+                          nn.Flatten(), nn.LazyLinear(3))
+    x = torch.rand(2, 1, *([8] * dims), dtype=DT)
+    model(x.float())
+    _randomize_batch_norm(model[1])
+    model.eval()
+    r64 = lrp.explain(model.to(DT), x, composite=composite, **params)
+    r32 = lrp.explain(model.float(), x.float(), composite=composite, **params)
+    assert torch.equal(r32.target, r64.target)
+    close(r32.relevance.to(DT), r64.relevance, rtol=1e-3, atol=1e-4 * float(r64.relevance.abs().max()))
+
+
 @pytest.mark.parametrize("composite", ["epsilon", "alpha2-beta1", "gamma", "epsilon-plus-flat"])
 def test_channels_last_matches_contiguous(composite: str) -> None:
     model = _cnn().to(DT)

@@ -225,3 +225,31 @@ def test_parameter_free_transpose_keeps_a_channels_last_layout(op) -> None:
     transposed = ParameterFree(op).transpose(s, None, x)
     torch.testing.assert_close(transposed, ParameterFree(op).transpose(s, None, x.contiguous()), rtol=0, atol=0)
     assert transposed.is_contiguous(memory_format=torch.channels_last)
+
+
+ONE_CHANNEL = {  # (input shape, weight shape, stride, padding): float32 CPU inputs with one channel
+    "2d": ((2, 1, 19, 15), (4, 1, 3, 3), (2, 1), (1, 0)),
+    "3d": ((2, 1, 11, 9, 10), (3, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("case", ONE_CHANNEL)
+def test_one_channel_transposes_run_channels_last_and_equal_float64(case: str, monkeypatch) -> None:
+    """A one-channel float32 CPU input is transposed with a channels-last weight (oneDNN's direct kernel
+    instead of an unfolded output), in one call whatever the slab bound, and a pair of weights in one call on a
+    two-channel channels-last stand-in (the halves are stride-2 views); float64 (the ordinary path) agrees."""
+    x_shape, w_shape, stride, padding = ONE_CHANNEL[case]
+    generator = torch.Generator().manual_seed(0)
+    x, weight, other = (torch.randn(shape, dtype=DT, generator=generator) for shape in (x_shape, w_shape, w_shape))
+    conv = Convolution(stride, padding, (1,) * len(stride), 1, False, (), ())
+    s = torch.randn_like(conv.forward(x, weight))
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # float64 runs in slabs; float32 ignores the bound
+    x32, s32, weight32, other32 = x.float(), s.float(), weight.float(), other.float()
+    assert conv._one_channel_on_cpu(x32) and not conv._one_channel_on_cpu(x)
+    transposed = conv.transpose(s32, weight32, x32)
+    torch.testing.assert_close(transposed, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
+    assert transposed.is_contiguous()
+    first, second = conv.transpose_pair(s32, weight32, other32, x32)
+    assert first.stride(-1) == second.stride(-1) == 2
+    torch.testing.assert_close(first, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, conv.transpose(s, other, x).float(), rtol=1e-5, atol=1e-5)
