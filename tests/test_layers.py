@@ -246,6 +246,11 @@ def test_one_channel_transposes_run_channels_last_and_equal_float64(case: str, m
     monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # float64 runs in slabs; float32 ignores the bound
     x32, s32, weight32, other32 = x.float(), s.float(), weight.float(), other.float()
     assert conv._one_channel_on_cpu(x32) and not conv._one_channel_on_cpu(x)
+    assert not conv._one_channel_on_cpu(x32[:1])  # PyTorch runs one small sample without oneDNN (and unfolds)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert not conv._one_channel_on_cpu(x32)
+    assert torch.backends.mkldnn.enabled
     transposed = conv.transpose(s32, weight32, x32)
     torch.testing.assert_close(transposed, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
     assert transposed.is_contiguous()

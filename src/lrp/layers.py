@@ -281,9 +281,13 @@ class Convolution(LinearMap):
 
     def _one_channel_on_cpu(self, x: Tensor) -> bool:
         """Whether this is a CPU convolution of a 2D or 3D input with one channel in float32 (an MRI volume, a
-        grey-scale image), whose transpose runs with a channels-last weight (see :func:`_channels_last_copy`)."""
+        grey-scale image), whose transpose runs with a channels-last weight (see :func:`_channels_last_copy`):
+        where PyTorch runs it with oneDNN at all, which it does (its own rule) for more than one sample or more
+        than 20480 elements in the input's first two spatial dimensions. Elsewhere it would unfold the output
+        in one piece, and the ordinary path bounds that by running in slabs."""
         return (not self.transposed and self.groups == 1 and x.shape[1] == 1 and x.dim() in (4, 5)
-                and x.device.type == "cpu" and x.dtype == torch.float32)
+                and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled and (x.shape[0] > 1 or x.shape[2] * x.shape[3] > 20480))
 
     def _rows_per_chunk(self, x: Tensor, weight: Tensor, output_rows: int) -> int | None:
         """Output rows per slab so that the unfolded buffer of a CPU transposed convolution stays
