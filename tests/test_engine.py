@@ -1352,17 +1352,19 @@ def test_float32_matches_float64(composite: str, params: dict) -> None:
 
 
 @pytest.mark.parametrize("composite,params", [("epsilon", {}), ("alpha2-beta1", {}), ("epsilon-plus", {}),
-                                              ("epsilon-gamma-box", {"low": 0.0, "high": 1.0})])
+                                              ("epsilon-gamma-box", {"low": -1.0, "high": 1.0})])
+@pytest.mark.parametrize("signed", [False, True], ids=["non-negative", "signed"])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_one_channel_float32_matches_float64(composite: str, params: dict, dims: int) -> None:
+def test_one_channel_float32_matches_float64(composite: str, params: dict, signed: bool, dims: int) -> None:
     """The first layer of a one-channel float32 input (an MRI volume) is transposed with channels-last weights
-    (``Convolution._one_channel_on_cpu``); float64 takes the ordinary path."""
+    (``Convolution._one_channel_on_cpu``), signed inputs through the pair of weights of x⁺ and x⁻; float64
+    takes the ordinary path."""
     torch.manual_seed(0)
     conv, norm, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d,
                                                                                   nn.MaxPool3d)
     model = nn.Sequential(conv(1, 4, 3, padding=1), norm(4), nn.ReLU(), pool(2), conv(4, 4, 3), nn.ReLU(),
                           nn.Flatten(), nn.LazyLinear(3))
-    x = torch.rand(2, 1, *([8] * dims), dtype=DT)
+    x = torch.rand(2, 1, *([8] * dims), dtype=DT) - (0.5 if signed else 0.0)
     model(x.float())
     _randomize_batch_norm(model[1])
     model.eval()
