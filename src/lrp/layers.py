@@ -310,19 +310,20 @@ class Convolution(LinearMap):
         return self.forward(torch.cat([a, b], dim=1), torch.cat([weight_a, weight_b], dim=1))
 
     def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._one_channel_on_cpu(x) and not any(self.extra_padding):
-            # both in one call of the channels-last kernel, on a two-channel stand-in in that layout (paper's
-            # first layer: 270 ms against 2 × 256 ms); the halves are strided views
-            stand_in = torch.empty((x.shape[0], 2, *x.shape[2:]), dtype=x.dtype, device=x.device,
-                                   memory_format=_channels_last(x))
-            both = self._convolution_backward(s, _channels_last_copy(torch.cat([weight_a, weight_b], dim=1)),
-                                              stand_in, self.padding)
-            return both.split(1, dim=1)
-        if self.transposed or self.groups != 1:
+        one_channel = self._one_channel_on_cpu(x) and not any(self.extra_padding)
+        if not one_channel and (self.transposed or self.groups != 1):
             return super().transpose_pair(s, weight_a, weight_b, x)
-        shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # only its shape is read
-        stand_in = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        both = self.transpose(s, torch.cat([weight_a, weight_b], dim=1), stand_in)
+        # one transposed layer with the weights stacked along the input channels, on a stand-in of which only
+        # shape and layout are read; a one-channel input runs it with the channels-last kernel in one call, the
+        # halves strided views (paper's first layer: 270 ms against 2 × 256 ms)
+        layout = _channels_last(x) if one_channel else _memory_format(x)
+        stand_in = torch.empty((x.shape[0], 2 * x.shape[1], *x.shape[2:]), dtype=x.dtype, device=x.device,
+                               memory_format=layout)
+        weight = torch.cat([weight_a, weight_b], dim=1)
+        if one_channel:
+            both = self._convolution_backward(s, _channels_last_copy(weight), stand_in, self.padding)
+        else:
+            both = self.transpose(s, weight, stand_in)
         return both.split(x.shape[1], dim=1)
 
     def bias_view(self, bias: Tensor) -> Tensor:
@@ -366,10 +367,9 @@ def _stand_in(shape: Sequence[int], x: Tensor) -> Tensor:
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
+    """``x``'s channels-last memory format where it is in one (and not also contiguous), else the contiguous."""
+    if x.dim() in (4, 5) and x.is_contiguous(memory_format=_channels_last(x)) and not x.is_contiguous():
+        return _channels_last(x)
     return torch.contiguous_format
 
 
