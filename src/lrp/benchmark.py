@@ -442,8 +442,8 @@ def _worker_main() -> None:
 
 @dataclass
 class Measurement:
-    """One (model, batch, method): wall and CPU times of the timed runs (s), RSS before and peak RSS
-    during the first of them (MiB)."""
+    """One (model, batch, method): wall and CPU times of the timed runs (s), RSS before and peak RSS during
+    the untimed memory run after them, live tensor peak (MiB)."""
 
     model: str
     batch: int
