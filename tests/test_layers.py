@@ -251,8 +251,14 @@ def test_one_channel_transposes_run_channels_last_and_equal_float64(case: str, m
         patch.setattr(torch.backends.mkldnn, "enabled", False)
         assert not conv._one_channel_on_cpu(x32)
     assert torch.backends.mkldnn.enabled
+    asked = []
+    rows_per_chunk = Convolution._rows_per_chunk
+    monkeypatch.setattr(Convolution, "_rows_per_chunk", lambda self, t, *rest: asked.append(t.dtype) or
+                        rows_per_chunk(self, t, *rest))
     transposed = conv.transpose(s32, weight32, x32)
+    assert asked == []  # no slabs asked for
     torch.testing.assert_close(transposed, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
+    assert asked == [DT]  # float64 did ask
     assert transposed.is_contiguous()
     first, second = conv.transpose_pair(s32, weight32, other32, x32)
     assert first.stride(-1) == second.stride(-1) == 2
