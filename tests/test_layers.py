@@ -153,7 +153,7 @@ def test_rules_release_the_layer_output_before_transposing(rule, monkeypatch) ->
 
     def remember(record):
         call = original_call(record)
-        outputs[id(call.x)] = weakref.ref(call.z)
+        outputs[id(call.source)] = weakref.ref(call.z)
         return call
 
     def spy(self, pairs, x):
@@ -213,6 +213,38 @@ def test_where_positive_and_where_negative_split_by_strict_sign() -> None:
     values = torch.arange(1.0, 7.0, dtype=DT)
     assert layers.where_positive(values, sign_source).tolist() == [0, 0, 0, 0, 5, 6]
     assert layers.where_negative(values, sign_source).tolist() == [1, 2, 0, 0, 0, 0]
+
+
+def test_times_relu_equals_multiplying_by_the_relu_output_in_place() -> None:
+    source = torch.tensor([-2.0, -1e-300, -0.0, 0.0, 1e-300, 3.0, 0.5], dtype=DT)
+    t = torch.tensor([1.5, -2.0, 3.0, -4.0, 5.0, -6.0, 7.0], dtype=DT)
+    expected = t * torch.relu(source)
+    result = layers.times_relu(t, source)
+    assert result.data_ptr() == t.data_ptr()
+    assert result.tolist() == expected.tolist() == [0, 0, 0, 0, 5e-300, -18, 3.5]
+
+
+def test_epsilon_after_a_relu_does_not_make_its_output_again(monkeypatch) -> None:
+    """ε only multiplies by its input, so after a ReLU it takes ``t ⊙ relu(z)`` from the kept z
+    (:func:`layers.times_relu`) instead of making the ReLU's output again; the relevance is the same."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.Flatten(), nn.LazyLinear(2)).double().eval()
+    x = torch.randn(2, 2, 11, 11, dtype=DT)
+    model(x)
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+    calls = []
+    original = lrp.handlers._call_out_of_place
+    monkeypatch.setattr(lrp.handlers, "_call_out_of_place",
+                        lambda *a: (calls.append(a[1]) if "relu" in a[1] else None) or original(*a))
+    without_remaking = lrp.explain(model, x, composite="epsilon").relevance
+    assert len(calls) == 2  # the forward pass's two ReLUs only
+    calls.clear()
+    monkeypatch.setattr(lrp.handlers, "times_relu", None)
+    remade = lrp.explain(model, x, composite="epsilon").relevance
+    assert len(calls) == 4  # the same, and each ReLU's output made again for the layer after it
+    torch.testing.assert_close(without_remaking, remade, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", [lambda t: F.avg_pool2d(t, 2), lambda t: t.mean(dim=(2, 3), keepdim=True)],

@@ -28,7 +28,7 @@ from torch.overrides import resolve_name
 from . import composites as families
 from .canonizers import batch_norm_affine
 from .composites import Family
-from .layers import Convolution, Dense, LinearMap, ParameterFree
+from .layers import Activation, Convolution, Dense, LinearMap, ParameterFree, times_relu
 from .nodes import (
     BatchNormRecord,
     Foldable,
@@ -302,9 +302,10 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         trace.normalize(y, x, op, allowed_inside=True)
     if args and args[0] is x:
         rest = args[1:]
-        trace.recomputable[id(y)] = Recomputable(
-            weakref.ref(y), x.detach(), lambda t: _call_out_of_place(func, op, (t, *rest), kwargs),
-            op.rsplit(".", 1)[-1] in _NON_NEGATIVE)
+        short = op.rsplit(".", 1)[-1]
+        activation = Activation(lambda t: _call_out_of_place(func, op, (t, *rest), kwargs), short in _NON_NEGATIVE,
+                                times_relu if short in ("relu", "relu_") else None)
+        trace.recomputable[id(y)] = Recomputable(weakref.ref(y), x.detach(), activation)
     return y
 
 

@@ -146,7 +146,7 @@ class Trace(TorchFunctionMode):
     def log(self, record, relevance_out: Tensor, relevance_in: Tensor | list[Tensor]) -> None:
         inputs = relevance_in if isinstance(relevance_in, list) else [relevance_in]
         sums = [per_sample(r) for r in inputs]
-        total_in = sum(sums)
+        total_in = sum(sums[1:], sums[0])  # no 0 + tensor: one op less per logged op
         handed_on = self._handed_on.pop(id(relevance_out), None)
         if handed_on is not None and handed_on[0]() is relevance_out and handed_on[1] == relevance_out._version:
             total_out = handed_on[2]  # what an op before returned, passed on unchanged (through a ReLU)

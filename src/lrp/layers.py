@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch import Tensor
 from .workspace import Workspace
 
 __all__ = [
+    "Activation",
     "ChannelAffine",
     "Convolution",
     "Dense",
@@ -34,6 +36,7 @@ __all__ = [
     "safe_divide",
     "stabilize",
     "sum_taking",
+    "times_relu",
     "where_negative",
     "where_positive",
 ]
@@ -105,6 +108,15 @@ def where_negative(values: Tensor, sign_source: Tensor) -> Tensor:
     """``values`` where ``sign_source < 0``, else 0, as a new tensor in one fused pass: hardtanh's backward
     kernel, which passes values strictly between its bounds (−inf, 0)."""
     return torch.ops.aten.hardtanh_backward(values, sign_source, -math.inf, 0.0)
+
+
+def times_relu(t: Tensor, source: Tensor) -> Tensor:
+    """``t ⊙ relu(source)`` written into ``t`` without making ``relu(source)``: zeroed where ``source ≤ 0`` by
+    ReLU's own backward kernel, then multiplied by ``source``. The same numbers as ``t.mul_(torch.relu(source))``
+    up to the sign of zeros, in as many passes, without a temporary the size of ``t`` (ResNet-50, batch 8: each
+    one 25 MB)."""
+    torch.ops.aten.threshold_backward.grad_input(t, source, 0, grad_input=t)
+    return t.mul_(source)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -412,25 +424,49 @@ class ParameterFree(LinearMap):
         return grad.contiguous(memory_format=_memory_format(x))  # sum / mean give an expanded view of s
 
 
+class Activation(NamedTuple):
+    """The element-wise activation that made a layer's input ``x = recompute(source)`` from the tensor kept in
+    its place (see :class:`~lrp.nodes.Recomputable`)."""
+
+    recompute: Callable[[Tensor], Tensor]
+    non_negative: bool  # never outputs a negative number (ReLU)
+    times: Callable[[Tensor, Tensor], Tensor] | None = None  # (t, source) ↦ t ⊙ x into t, without making x
+
+
 @dataclass
 class LayerCall:
     """One call of a linear map, as a rule sees it.
 
-    x: input (N, C_in, *S_in); z: output incl. bias (N, C_out, *S_out); raw_weight / raw_bias: the
-    layer's own parameters (bias may be None); folded: (scale, shift) (C_out,) of a BatchNorm folded
-    into the call. ``weight`` and ``bias`` are the effective parameters, folded on first use. Modified
-    weights are written into ``workspace`` when there is one (the blocks of :meth:`row_blocks` share one).
+    source: the input x (N, C_in, *S_in), or with ``activation`` the tensor that x is made from (same
+    shape, dtype and layout), made when ``x`` is first read; z: output incl. bias (N, C_out, *S_out);
+    raw_weight / raw_bias: the layer's own parameters (bias may be None); folded: (scale, shift) (C_out,)
+    of a BatchNorm folded into the call. ``weight`` and ``bias`` are the effective parameters, folded on
+    first use. Modified weights are written into ``workspace`` when there is one (the blocks of
+    :meth:`row_blocks` share one).
     """
 
     linear_map: LinearMap
-    x: Tensor
+    source: Tensor
     z: Tensor
     raw_weight: Tensor | None
     raw_bias: Tensor | None
     folded: tuple[Tensor, Tensor] | None = None
     x_non_negative: bool = False  # x is known to be ≥ 0 (a ReLU's output) without looking
     workspace: Workspace | None = None
+    activation: Activation | None = None
     _modified_count: int = field(default=0, init=False, repr=False)
+
+    @cached_property
+    def x(self) -> Tensor:
+        """The input (N, C_in, *S_in)."""
+        return self.source if self.activation is None else self.activation.recompute(self.source)
+
+    def times_input(self, t: Tensor) -> Tensor:
+        """``t ⊙ x`` written into ``t`` (shaped like x); after a ReLU, without making x where no rule has yet
+        (see :func:`times_relu`)."""
+        if self.activation is not None and self.activation.times is not None and "x" not in self.__dict__:
+            return self.activation.times(t, self.source)
+        return t.mul_(self.x)
 
     @cached_property
     def weight(self) -> Tensor | None:
@@ -488,8 +524,8 @@ class LayerCall:
             part = slice(start, start + rows)
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
-            blocks.append((part, LayerCall(self.linear_map, self.x, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.x_non_negative, workspace)))
+            blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
+                                           folded, self.x_non_negative, workspace, self.activation)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:
@@ -516,17 +552,17 @@ class LayerCall:
         return self.linear_map.forward(x, weight, bias)
 
     def transpose(self, s: Tensor, weight: Tensor | None = None) -> Tensor:
-        return self.linear_map.transpose(s, weight, self.x)
+        return self.linear_map.transpose(s, weight, self.source)
 
     def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
         """``Σ transpose(s, weight)``; the list is emptied (see :meth:`LinearMap.transpose_sum`)."""
-        return self.linear_map.transpose_sum(pairs, self.x)
+        return self.linear_map.transpose_sum(pairs, self.source)
 
     def forward_pair(self, a: Tensor, weight_a: Tensor, b: Tensor, weight_b: Tensor) -> Tensor:
         return self.linear_map.forward_pair(a, weight_a, b, weight_b)
 
     def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor) -> tuple[Tensor, Tensor]:
-        return self.linear_map.transpose_pair(s, weight_a, weight_b, self.x)
+        return self.linear_map.transpose_pair(s, weight_a, weight_b, self.source)
 
     def bias_term(self, modify: Callable[[Tensor], Tensor] | None = None) -> Tensor | float:
         """The (modified) bias broadcastable to ``z``, or 0.0 without bias."""

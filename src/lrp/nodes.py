@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .layers import ChannelAffine, LayerCall, LinearMap, sum_taking
+from .layers import Activation, ChannelAffine, LayerCall, LinearMap, sum_taking
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ class Recomputable(NamedTuple):
 
     ref: weakref.ref
     source: Tensor
-    recompute: Callable[[Tensor], Tensor]
-    non_negative: bool  # the activation never outputs a negative number (ReLU)
+    activation: Activation
 
 
 @dataclass(eq=False)
@@ -85,7 +84,7 @@ class LinearRecord:
     x: Tensor | None = None
     z: Tensor | None = None
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
-    x_source: Recomputable | None = None  # x = recompute(source), recomputed, not kept
+    x_source: Recomputable | None = None  # x = activation(source), made again when needed, not kept
 
     def keep(self, x: Tensor, z: Tensor) -> None:
         self.z = z.detach()
@@ -95,8 +94,9 @@ class LinearRecord:
     def layer_call(self) -> LayerCall:
         if self.x_source is None:
             return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded)
-        x = self.x_source.recompute(self.x_source.source)
-        return LayerCall(self.linear_map, x, self.z, self.weight, self.bias, self.folded, self.x_source.non_negative)
+        activation = self.x_source.activation
+        return LayerCall(self.linear_map, self.x_source.source, self.z, self.weight, self.bias, self.folded,
+                         activation.non_negative, activation=activation)
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()

@@ -99,7 +99,7 @@ class Epsilon(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         z = layer.z if self.bias or layer.bias is None else layer.forward(layer.x, layer.weight)
-        return layer.transpose_effective(self.divide(relevance, z)).mul_(layer.x)
+        return layer.times_input(layer.transpose_effective(self.divide(relevance, z)))
 
 
 class Zero(Epsilon):
@@ -409,7 +409,7 @@ class Flat(Rule):
         self.stabilizer = stabilizer
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        ones = torch.ones_like(layer.x[:1])
+        ones = torch.ones_like(layer.source[:1])  # x's shape and dtype: x itself is not needed
         weight = None if layer.raw_weight is None else layer.modified(_ones)
         return layer.transpose(divide(relevance, layer.forward(ones, weight), self.stabilizer), weight)
 
@@ -430,7 +430,7 @@ class WSquare(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         squared = layer.modified(lambda w, out: torch.square(w, out=out))
-        ones = torch.ones_like(layer.x[:1])
+        ones = torch.ones_like(layer.source[:1])  # x's shape and dtype: x itself is not needed
         bias = layer.bias_term(torch.square) if self.bias else 0.0
         return layer.transpose(divide(relevance, layer.forward(ones, squared) + bias, self.stabilizer), squared)
 
