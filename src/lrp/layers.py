@@ -451,9 +451,8 @@ class LayerCall:
     raw_weight: Tensor | None
     raw_bias: Tensor | None
     folded: tuple[Tensor, Tensor] | None = None
-    x_non_negative: bool = False  # x is known to be ≥ 0 (a ReLU's output) without looking
-    workspace: Workspace | None = None
     activation: Activation | None = None
+    workspace: Workspace | None = None
     _modified_count: int = field(default=0, init=False, repr=False)
 
     @cached_property
@@ -484,7 +483,9 @@ class LayerCall:
     def input_has_negative(self) -> bool:
         """Whether x has a negative entry (else every ``x⁻`` term of a rule is exactly 0); False without
         looking when x is a ReLU's output."""
-        return not self.x_non_negative and bool(torch.amin(self.x) < 0)
+        if self.activation is not None and self.activation.non_negative:
+            return False
+        return bool(torch.amin(self.x) < 0)
 
     def release(self, *names: str) -> None:
         """Let go of the output ``"z"`` (it reads None afterwards) or of the folded copy of ``"weight"``
@@ -525,7 +526,7 @@ class LayerCall:
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.x_non_negative, workspace, self.activation)))
+                                           folded, self.activation, workspace)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:

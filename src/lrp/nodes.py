@@ -94,9 +94,8 @@ class LinearRecord:
     def layer_call(self) -> LayerCall:
         if self.x_source is None:
             return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded)
-        activation = self.x_source.activation
         return LayerCall(self.linear_map, self.x_source.source, self.z, self.weight, self.bias, self.folded,
-                         activation.non_negative, activation=activation)
+                         self.x_source.activation)
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
