@@ -21,6 +21,7 @@ from torch import Tensor
 
 import lrp
 from lrp.composites import Normalization, Pooling, Sum, Weighted
+from lrp.engine import all_finite
 from lrp.errors import NonFiniteError, TargetError, UnsupportedOperationError
 from lrp.rules import Epsilon, Rule, Zero
 
@@ -1026,6 +1027,27 @@ def test_non_finite_input(value: float) -> None:
     x[1, 3] = value
     with pytest.raises(NonFiniteError, match="input holds 1 NaN or infinite"):
         lrp.explain(_mlp(), x)
+
+
+@pytest.mark.parametrize(("values", "finite"), [
+    ([3e38, 3e38, 1.0], True),          # the sum overflows: decided by the element-wise test
+    ([-3e38, -3e38], True),
+    ([1.0, float("nan")], False),
+    ([float("inf"), float("-inf")], False),  # the sum is NaN
+    ([3e38, float("inf")], False),
+    ([], True),
+])
+def test_all_finite_is_exact_when_the_sum_overflows(values: list[float], finite: bool) -> None:
+    assert all_finite(torch.tensor(values, dtype=torch.float32)) is finite
+
+
+def test_large_finite_input_is_accepted() -> None:
+    model = nn.Sequential(nn.Linear(3, 2, bias=False))
+    x = torch.tensor([[3e38, 3e38, -1.0]])
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1e-38, 0.0, 1.0], [0.0, 0.0, 1.0]]))
+    expl = lrp.explain(model, x, target=0)
+    assert bool(torch.isfinite(expl.relevance).all())
 
 
 def test_unknown_composite_lists_close_matches() -> None:

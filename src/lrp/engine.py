@@ -80,6 +80,14 @@ def explain(model: nn.Module, x: Tensor, target: TargetSpec = None, composite: s
     return LRP(model, composite, strict=strict, **params)(x, target, keep_layers=keep_layers)
 
 
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite. A sum is finite only if every term is, so one reduction
+    (no temporary) decides, and the element-wise test runs only when the sum is not finite: a NaN or
+    infinity, or finite entries whose sum overflows. (ResNet-50's input at batch 8, 1.2 M values, 2 CPU
+    threads: 0.08 against 1.07 ms for the element-wise test alone.)"""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _check_input(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
@@ -88,7 +96,7 @@ def _check_input(x: Tensor) -> None:
     if x.dim() < 2:
         raise ValueError(f"input must be batch-first with at least 2 dimensions (N, features...), got shape "
                          f"{tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise NonFiniteError(f"input holds {int((~torch.isfinite(x)).sum())} NaN or infinite values")
 
 
@@ -103,10 +111,10 @@ def _explained_output(trace: Trace, output) -> Tensor:
 
 
 def _check_finite(relevance: Tensor, trace: Trace) -> None:
-    if bool(torch.isfinite(relevance).all()):
+    if all_finite(relevance):
         return
     culprit = next((row for row in sorted(trace.rows, key=lambda r: -r.index)
-                    if not bool(torch.isfinite(row.relevance_in).all())), None)
+                    if not all_finite(row.relevance_in)), None)
     where = f" (first at {culprit.layer}: {culprit.op} with {culprit.rule})" if culprit else ""
     raise NonFiniteError(f"relevance became NaN or infinite{where}; a larger epsilon / stabilizer may help")
 
