@@ -34,12 +34,14 @@ from .nodes import (
     Foldable,
     LinearRecord,
     MaxPoolFunction,
+    Produced,
     Recomputable,
     RecordFunction,
     SumFunction,
     SumRecord,
     pass_through,
 )
+from .rules import divides_by_output, ignores_output
 
 if TYPE_CHECKING:
     from .interception import Trace
@@ -90,9 +92,12 @@ def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: t
               weight: Tensor, bias: Tensor | None, compute: Callable[[], Tensor]) -> Tensor:
     record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(family, op), linear_map,
                            weight.detach(), None if bias is None else bias.detach(), x_source=trace.source_of(x))
+    trace.taken_by(x, record, record.rule)
     z = RecordFunction.apply(x, record, compute)
     if linear_map.channel_dim(z) == 1:
         trace.foldable[id(z)] = Foldable(weakref.ref(z), record)
+    if divides_by_output(record.rule) or ignores_output(record.rule):
+        trace.produced[id(z)] = Produced(weakref.ref(z), record)
     return z
 
 
@@ -171,11 +176,15 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     record = BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op),
                               scale.detach(), shift.detach())
     entry = trace.foldable.get(id(x))
-    if entry is not None and entry.ref() is x and entry.consumers == 1:  # x feeds only this BatchNorm so far
+    folded = entry is not None and entry.ref() is x and entry.consumers == 1  # x feeds only this BatchNorm so far
+    if folded:
         record.producer = entry.producer
         entry.batch_norm = record
         entry.producer.folded = (record.scale, record.shift)
-    return RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
+    y = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
+    if folded and (divides_by_output(entry.producer.rule) or ignores_output(entry.producer.rule)):
+        trace.produced[id(y)] = Produced(weakref.ref(y), entry.producer, record)
+    return y
 
 
 def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
@@ -186,6 +195,7 @@ def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> T
     linear_map = ParameterFree(lambda t: func(t, *rest, **kwargs))
     record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Pooling, op),
                            linear_map, None, None, x_source=trace.source_of(x))
+    trace.taken_by(x, record, record.rule)
     return RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
 
 
@@ -220,7 +230,12 @@ def _sum(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     on_path = [isinstance(t, Tensor) and t.requires_grad for t in terms]
     if all(on_path):
         record = SumRecord(trace, trace.next_index(), trace.name, op, trace.rule(families.Sum, op))
-        return SumFunction.apply(record, coefficients, *terms)
+        for term in terms:
+            trace.taken_by(term, None, record.rule)  # its share is the term times R / stab(z)
+        z = SumFunction.apply(record, coefficients, *terms)
+        if divides_by_output(record.rule):
+            trace.produced[id(z)] = Produced(weakref.ref(z), record)
+        return z
     x = terms[on_path.index(True)]
     constant = terms[on_path.index(False)]
     coefficient_x = coefficients[on_path.index(True)]
@@ -306,6 +321,8 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         activation = Activation(lambda t: _call_out_of_place(func, op, (t, *rest), kwargs), short in _NON_NEGATIVE,
                                 times_relu if short in ("relu", "relu_") else None)
         trace.recomputable[id(y)] = Recomputable(weakref.ref(y), x.detach(), activation)
+        if short in ("relu", "relu_"):
+            trace.watch_relu(y, x)
     return y
 
 

@@ -22,8 +22,19 @@ from torch.overrides import TorchFunctionMode
 from .composites import Composite, Family
 from .errors import UnsupportedOperationError
 from .handlers import HANDLERS, is_in_place, op_name, path_tensors
-from .nodes import ConservationRow, Foldable, Normalized, Recomputable, per_sample, unfold
-from .rules import Rule
+from .layers import KEPT_RELU_OUTPUT
+from .nodes import (
+    ConservationRow,
+    Foldable,
+    LinearRecord,
+    Normalized,
+    Produced,
+    Recomputable,
+    Rectifiable,
+    per_sample,
+    unfold,
+)
+from .rules import Rule, divides_by_output, proportional_to_input
 
 __all__ = ["Trace"]
 
@@ -53,6 +64,9 @@ class Trace(TorchFunctionMode):
         self.foldable: dict[int, Foldable] = {}
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self.recomputable: dict[int, Recomputable] = {}
+        self.produced: dict[int, Produced] = {}
+        self.rectifiable: dict[int, Rectifiable] = {}  # ReLU outputs the model still holds
+        self.undecided: list[Rectifiable] = []  # ReLU outputs let go of while their z is still held
         self._handles: list[Any] = []
         # relevance that logged ops returned and no op has received yet: id -> (weak reference, version,
         # per-sample sums), so that the op receiving it unchanged (through a ReLU) need not sum it again
@@ -74,6 +88,9 @@ class Trace(TorchFunctionMode):
                 handle.remove()
             self._handles = []
             self._forget_forward()
+            if exc[0] is not None:
+                self.rectifiable.clear()
+                self.undecided.clear()
 
     def _forget_forward(self) -> None:
         """Drop what only the forward pass needed. These tables reach the relevance graph, whose
@@ -83,6 +100,7 @@ class Trace(TorchFunctionMode):
         self.foldable.clear()
         self.superseded.clear()
         self.recomputable.clear()
+        self.produced.clear()
         self.pending_keep = None
 
     def _enter_module(self, module: nn.Module, inputs: tuple) -> None:
@@ -170,6 +188,10 @@ class Trace(TorchFunctionMode):
                 entry.consumers += 1
                 if entry.batch_norm is not None and entry.batch_norm.producer is not None:
                     unfold(entry, tensor)
+            for table in (self.produced, self.rectifiable):
+                counted = table.get(key)
+                if counted is not None and counted.ref() is tensor:
+                    counted.consumers += 1
             superseded = self.superseded.get(key)
             if superseded is not None and superseded() is tensor:
                 raise UnsupportedOperationError(
@@ -191,6 +213,78 @@ class Trace(TorchFunctionMode):
         entry = self.recomputable.get(id(x))
         return entry if entry is not None and entry.ref() is x else None
 
+    def produced_by(self, z: Tensor) -> Produced | None:
+        """The entry of ``z`` when a rule that divides by ``stab(z)`` or never reads z made it, else None."""
+        entry = self.produced.get(id(z))
+        return entry if entry is not None and entry.ref() is z else None
+
+    def taken_by(self, x: Tensor, record: LinearRecord | None, rule: Rule) -> None:
+        """An op explained with ``rule`` (its record, or None for a sum) took ``x``: where x is a watched ReLU
+        output, note the record and whether the op gives x relevance in proportion to x."""
+        entry = self.rectifiable.get(id(x))
+        if entry is not None and entry.ref() is x:
+            entry.proportional += proportional_to_input(rule)
+            if record is not None:
+                entry.takers.append(record)
+
+    def watch_relu(self, x: Tensor, z: Tensor) -> None:
+        """``x = relu(z)``: when ``z`` came from a rule that divides by ``stab(z)`` or never reads z, note x's
+        consumers from now on, to be decided on (see :meth:`rectify`) once the model lets go of x, or else
+        after the forward."""
+        produced = self.produced_by(z)
+        if produced is None:
+            return
+        key = id(x)
+
+        def released(_) -> None:
+            self.recomputable.pop(key, None)  # x can no longer be asked for: let go of its alias of z
+            entry = self.rectifiable.pop(key, None)
+            if entry is None:
+                return
+            if entry.produced.ref() is None:  # z too is gone: no op can take either any more
+                self._rectify(entry)
+            else:
+                self.undecided.append(entry)
+        self.rectifiable[key] = Rectifiable(weakref.ref(x, released), x.detach(), produced)
+
+    def rectify(self, *outputs: Tensor) -> None:
+        """Called after the forward with the model's outputs: decides on every ReLU output not decided on yet
+        (see :meth:`_rectify`) and forgets them."""
+        ends = {id(t) for t in outputs}
+        entries = [*self.undecided, *self.rectifiable.values()]
+        self.undecided, self.rectifiable = [], {}
+        for entry in entries:
+            x = entry.ref()
+            if x is not None and id(x) in ends:
+                entry.kept = None
+            else:
+                self._rectify(entry)
+
+    @staticmethod
+    def _rectify(entry: Rectifiable) -> None:
+        """``x = relu(z)``, and neither x nor z can gain consumers any more; z fed only the ReLU. Where z's
+        producer never reads z (z⁺, α1β0), nothing needs z but the linear ops that took x, to make x again.
+        Where it divides by ``stab(z)`` and every op that took x gives relevance in proportion to x, the
+        relevance reaching z is zero wherever x is, so the producer can divide by ``x + ε`` instead
+        (:func:`~lrp.layers.divide_rectified`), the same numbers. In both cases the producer and the linear
+        ops that took x keep x, and z is freed: a pass fewer per layer that took x, and one more per ε
+        producer (ResNet-50 with ε: the first two convolutions of every bottleneck and every residual
+        sum). Otherwise x is let go of, and z kept as before."""
+        kept, entry.kept = entry.kept, None
+        produced = entry.produced
+        record, batch_norm = produced.record, produced.batch_norm
+        divides = divides_by_output(record.rule)
+        if (kept is None or produced.consumers != 1
+                or (divides and (entry.proportional == 0 or entry.proportional != entry.consumers))
+                or (batch_norm is not None and batch_norm.producer is not record)):
+            return
+        for taker in entry.takers:
+            taker.x_source = Recomputable(entry.ref, kept, KEPT_RELU_OUTPUT)
+        record.z = kept  # (where the rule ignores z, only its shape is read: x has it)
+        record.z_rectified = divides
+        if batch_norm is not None:
+            batch_norm.y = None
+
     def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
         """Record a softmax-like op: explained through its logits when it is the model's last op."""
         self.normalized[id(output)] = Normalized(weakref.ref(output), logits, op, self.describe(), allowed_inside)
@@ -200,9 +294,9 @@ class Trace(TorchFunctionMode):
         Called once, after the forward pass; forgets the normalised outputs (see ``_forget_forward``)."""
         normalized = self.normalized.get(id(output))
         self.normalized.clear()
-        if normalized is not None and normalized.ref() is output:
-            return normalized.logits
-        return output
+        logits = normalized.logits if normalized is not None and normalized.ref() is output else output
+        self.rectify(output, logits)
+        return logits
 
     def unsupported(self, op: str) -> None:
         where = self.describe()

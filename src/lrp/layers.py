@@ -24,6 +24,7 @@ from torch import Tensor
 from .workspace import Workspace
 
 __all__ = [
+    "KEPT_RELU_OUTPUT",
     "Activation",
     "ChannelAffine",
     "Convolution",
@@ -33,6 +34,7 @@ __all__ = [
     "ParameterFree",
     "divide",
     "divide_",
+    "divide_rectified",
     "safe_divide",
     "stabilize",
     "sum_taking",
@@ -70,6 +72,14 @@ def divide(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     if stabilized.shape == relevance.shape and stabilized.dtype == relevance.dtype:
         return torch.div(relevance, stabilized, out=stabilized)
     return relevance / stabilized
+
+
+def divide_rectified(relevance: Tensor, rectified: Tensor, epsilon: float) -> Tensor:
+    """``relevance / stabilize(z, ε)`` (ε > 0) from ``rectified = relu(z)`` where the relevance is zero wherever
+    ``rectified`` is: ``z + ε`` where z > 0, and 0 / ε = 0 elsewhere, as a new tensor. One pass for the
+    denominator instead of two, and z itself need not be kept (see ``Trace.rectify``)."""
+    denominator = torch.add(rectified, _shift(epsilon, rectified))  # ε in z's dtype, as stabilize adds it
+    return torch.div(relevance, denominator, out=denominator)
 
 
 def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
@@ -433,6 +443,15 @@ class Activation(NamedTuple):
     times: Callable[[Tensor, Tensor], Tensor] | None = None  # (t, source) ↦ t ⊙ x into t, without making x
 
 
+def _itself(t: Tensor) -> Tensor:
+    return t
+
+
+KEPT_RELU_OUTPUT = Activation(_itself, non_negative=True)
+"""A ReLU's output kept as the layer's input itself (see ``Trace.rectify``): nothing to recompute, and never
+negative."""
+
+
 @dataclass
 class LayerCall:
     """One call of a linear map, as a rule sees it.
@@ -440,7 +459,8 @@ class LayerCall:
     source: the input x (N, C_in, *S_in), or with ``activation`` the tensor that x is made from (same
     shape, dtype and layout), made when ``x`` is first read; z: output incl. bias (N, C_out, *S_out);
     raw_weight / raw_bias: the layer's own parameters (bias may be None); folded: (scale, shift) (C_out,)
-    of a BatchNorm folded into the call. ``weight`` and ``bias`` are the effective parameters, folded on
+    of a BatchNorm folded into the call; z_rectified: z holds ``relu(z)``, and the relevance of the output
+    is zero wherever it is (see :func:`divide_rectified`). ``weight`` and ``bias`` are the effective parameters, folded on
     first use. Modified weights are written into ``workspace`` when there is one (the blocks of
     :meth:`row_blocks` share one).
     """
@@ -453,6 +473,7 @@ class LayerCall:
     folded: tuple[Tensor, Tensor] | None = None
     activation: Activation | None = None
     workspace: Workspace | None = None
+    z_rectified: bool = False
     _modified_count: int = field(default=0, init=False, repr=False)
 
     @cached_property
@@ -526,7 +547,7 @@ class LayerCall:
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.activation, workspace)))
+                                           folded, self.activation, workspace, self.z_rectified)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .layers import Activation, ChannelAffine, LayerCall, LinearMap, sum_taking
+from .layers import Activation, ChannelAffine, LayerCall, LinearMap, divide_rectified, sum_taking
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -28,8 +28,10 @@ __all__ = [
     "MaxPoolFunction",
     "Normalized",
     "PassFunction",
+    "Produced",
     "Recomputable",
     "RecordFunction",
+    "Rectifiable",
     "SumFunction",
     "SumRecord",
     "pass_through",
@@ -85,6 +87,7 @@ class LinearRecord:
     z: Tensor | None = None
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
     x_source: Recomputable | None = None  # x = activation(source), made again when needed, not kept
+    z_rectified: bool = False  # z holds relu(z) (see Trace.rectify)
 
     def keep(self, x: Tensor, z: Tensor) -> None:
         self.z = z.detach()
@@ -93,9 +96,10 @@ class LinearRecord:
 
     def layer_call(self) -> LayerCall:
         if self.x_source is None:
-            return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded)
+            return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded,
+                             z_rectified=self.z_rectified)
         return LayerCall(self.linear_map, self.x_source.source, self.z, self.weight, self.bias, self.folded,
-                         self.x_source.activation)
+                         self.x_source.activation, z_rectified=self.z_rectified)
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
@@ -133,6 +137,7 @@ class BatchNormRecord:
 
     def backward(self, relevance: Tensor) -> Tensor:
         if self.producer is not None:
+            self.y = None  # the producer's z, which its rule releases when done with it
             return relevance
         layer = LayerCall(ChannelAffine(self.x.dim()), self.x, self.y, self.scale, self.shift)
         result = self.rule.relevance(layer, relevance)
@@ -149,6 +154,33 @@ class Foldable:
     producer: LinearRecord
     consumers: int = 0
     batch_norm: BatchNormRecord | None = None
+
+
+@dataclass(eq=False)
+class Produced:
+    """An output ``z`` of a linear op or sum whose rule divides by ``stab(z)`` or never reads z (see
+    :func:`~lrp.rules.divides_by_output`, :func:`~lrp.rules.ignores_output`), with its consumers so far;
+    ``batch_norm``: the BatchNorm folded into ``record`` whose output z is."""
+
+    ref: weakref.ref
+    record: LinearRecord | SumRecord
+    batch_norm: BatchNormRecord | None = None
+    consumers: int = 0
+
+
+@dataclass(eq=False)
+class Rectifiable:
+    """A ReLU's output ``x = relu(z)`` with ``z`` from ``produced``, and the ops that took x so far: how many,
+    how many of them give relevance in proportion to x, and the linear ops among them (which keep z to
+    make x again), see ``Trace.rectify``. ``kept`` (a detached alias of x) keeps x's memory until that is
+    decided; ``ref`` is a weak reference to x itself, which reports when the model lets go of x."""
+
+    ref: weakref.ref
+    kept: Tensor | None
+    produced: Produced
+    consumers: int = 0
+    proportional: int = 0
+    takers: list[LinearRecord] = field(default_factory=list)
 
 
 class Normalized(NamedTuple):
@@ -186,6 +218,7 @@ class SumRecord:
     rule: Rule
     terms: list[Tensor] = field(default_factory=list)
     z: Tensor | None = None
+    z_rectified: bool = False  # z holds relu(z) (see Trace.rectify)
 
 
 class SumFunction(Function):
@@ -204,7 +237,10 @@ class SumFunction(Function):
     @staticmethod
     def backward(ctx, relevance: Tensor):
         record = ctx.record
-        s = record.rule.divide(relevance, record.z)
+        if record.z_rectified:
+            s = divide_rectified(relevance, record.z, record.rule.epsilon)
+        else:
+            s = record.rule.divide(relevance, record.z)
         shares = [(term * s).sum_to_size(shape) for term, shape in zip(record.terms, ctx.shapes)]
         record.trace.log(record, relevance, shares)
         record.terms, record.z = [], None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .layers import LayerCall, divide, divide_, safe_divide, where_negative, where_positive
+from .layers import LayerCall, divide, divide_, divide_rectified, safe_divide, where_negative, where_positive
 
 __all__ = [
     "AlphaBeta",
@@ -37,6 +37,9 @@ __all__ = [
     "ZBox",
     "ZPlus",
     "Zero",
+    "divides_by_output",
+    "ignores_output",
+    "proportional_to_input",
 ]
 
 WEIGHTED = "weighted"            # dense, convolution, unfolded BatchNorm
@@ -98,8 +101,13 @@ class Epsilon(Rule):
         return divide(relevance, z, self.epsilon)
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
-        z = layer.z if self.bias or layer.bias is None else layer.forward(layer.x, layer.weight)
-        return layer.times_input(layer.transpose_effective(self.divide(relevance, z)))
+        if not (self.bias or layer.bias is None):
+            s = self.divide(relevance, layer.forward(layer.x, layer.weight))
+        elif layer.z_rectified:
+            s = divide_rectified(relevance, layer.z, self.epsilon)
+        else:
+            s = self.divide(relevance, layer.z)
+        return layer.times_input(layer.transpose_effective(s))
 
 
 class Zero(Epsilon):
@@ -439,3 +447,22 @@ class Pass(Rule):
     """Pass relevance through unchanged: the rule for element-wise activations."""
 
     kinds = frozenset({ELEMENTWISE})
+
+
+def divides_by_output(rule: Rule) -> bool:
+    """Whether ``rule`` divides by the stabilised output ``stab(z)`` of its layer or sum, with ε > 0, and
+    reads z nowhere else: the built-in ε rules (not their subclasses, which may read z otherwise). After a
+    ReLU it can divide by ``relu(z) + ε`` instead (see :func:`lrp.layers.divide_rectified`)."""
+    return type(rule) in (Epsilon, Norm) and rule.epsilon > 0
+
+
+def ignores_output(rule: Rule) -> bool:
+    """Whether ``rule`` never reads its layer's output z (z⁺ and α1β0 make their own denominators): the
+    built-in ones, not their subclasses."""
+    return type(rule) is ZPlus or (type(rule) is AlphaBeta and rule.beta == 0)
+
+
+def proportional_to_input(rule: Rule) -> bool:
+    """Whether ``rule`` gives each input relevance in proportion to it (``x ⊙ …``, or ``x⁺ ⊙ … + x⁻ ⊙ …``), so
+    none to inputs that are zero: the built-in rules except ZBox, Flat, WSquare and Pass."""
+    return type(rule) in (Epsilon, Zero, Norm, AlphaBeta, ZPlus, Gamma)

@@ -1,0 +1,222 @@
+"""A producer whose output feeds only a ReLU divides by ``relu(z) + ε`` where every op that takes the ReLU's
+output gives relevance in proportion to it, and the layers after the ReLU keep its output instead of its
+input where nothing else needs that (``Trace.rectify``). These tests check where that happens, that it
+gives the same numbers, and that it does not happen where relevance can reach the ReLU's zeros (a Flat or
+ZBox layer after it, a target tensor on a ReLU output, z used twice, a ReLU output shifted, a BatchNorm
+unfolded after the ReLU ran)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lrp
+from lrp import interception, nodes, rules
+from lrp.composites import Weighted
+from lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox
+
+DT = torch.float64
+
+
+@pytest.fixture
+def rectified_divisions(monkeypatch) -> list[int]:
+    """Counts the rectified divisions of the next explanations (one list entry each)."""
+    calls: list[int] = []
+    original = rules.divide_rectified
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+    monkeypatch.setattr(rules, "divide_rectified", counting)
+    monkeypatch.setattr(nodes, "divide_rectified", counting)
+    return calls
+
+
+def never_rectified(model: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The relevance with every producer dividing by ``stab(z)`` (``Trace._rectify`` switched off)."""
+    original = interception.Trace.__dict__["_rectify"]
+    interception.Trace._rectify = staticmethod(lambda entry: None)
+    try:
+        return lrp.explain(model, x, **kwargs).relevance
+    finally:
+        interception.Trace._rectify = original
+
+
+def _randomised(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    model = model.double().eval()
+    with torch.no_grad():
+        model(x)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+            elif hasattr(module, "bias") and isinstance(module.bias, torch.Tensor):
+                module.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+class Block(nn.Module):
+    """A residual block: both convolutions and the sum feed a ReLU."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+def _residual() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=DT)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), Block(4), Block(4),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return _randomised(model, x), x
+
+
+@pytest.mark.parametrize(("composite", "expected"), [("epsilon", 5), ("alpha1-beta0", 2), ("epsilon-plus", 2)])
+def test_residual_network_divides_by_relu_outputs_with_the_same_numbers(
+        rectified_divisions: list[int], composite: str, expected: int) -> None:
+    model, x = _residual()
+    relevance = lrp.explain(model, x, composite=composite).relevance
+    # ε: the stem, each block's first convolution and both sums; α1β0 / ε+: the two sums (Norm)
+    assert len(rectified_divisions) == expected
+    torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("composite", ["alpha1-beta0", "epsilon-plus"])
+def test_layers_after_a_relu_keep_its_output_where_nothing_else_needs_its_input(monkeypatch, composite: str) -> None:
+    """z⁺ (α1β0) never reads its output z, and the sums' Norm rule reads the ReLU's output instead after
+    rectification: so the layers after each ReLU keep its output instead of making it again from z (the
+    forward's 5 ReLU calls are all)."""
+    model, x = _residual()
+    calls: list[str] = []
+    original = lrp.handlers._call_out_of_place
+    monkeypatch.setattr(lrp.handlers, "_call_out_of_place",
+                        lambda *a: (calls.append(a[1]) if "relu" in a[1] else None) or original(*a))
+    relevance = lrp.explain(model, x, composite=composite).relevance
+    assert len(calls) == 5
+    calls.clear()
+    torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
+    assert len(calls) > 5  # made again for the layers after them
+
+
+def test_a_relu_output_the_model_still_holds_is_decided_after_the_forward(rectified_divisions: list[int]) -> None:
+    class Holding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.held = self.first(x)  # z outlives the ReLU's output: decided after the forward
+            return self.second(F.relu(self.held))
+
+    torch.manual_seed(1)
+    model, x = Holding().double(), torch.randn(4, 5, dtype=DT)
+    relevance = lrp.explain(model, x).relevance
+    assert len(rectified_divisions) == 1
+    torch.testing.assert_close(relevance, never_rectified(model, x), rtol=0, atol=0)
+
+
+def _chain(*layers: nn.Module) -> nn.Sequential:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), *layers).double()
+
+
+class WithAside(nn.Module):
+    """Returns a ReLU's output, which an ε layer also took (its result put aside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.aside = nn.Linear(6, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.first(x))
+        self.put_aside = self.aside(y)
+        return y
+
+
+class TwiceUsed(nn.Module):
+    """z feeds the ReLU and a sum; or the ReLU's output is also shifted by a constant; or z comes from a
+    BatchNorm whose input is used again after it (so it is not folded, though it looked foldable)."""
+
+    def __init__(self, second_use: str):
+        super().__init__()
+        self.first, self.second, self.third = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.norm = nn.BatchNorm1d(8)
+        self.second_use = second_use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.first(x)
+        z = self.norm(c)
+        y = F.relu(z)
+        if self.second_use == "z in a sum":
+            other = z
+        elif self.second_use == "shifted":
+            other = y + 1.0
+        else:
+            other = c
+        return self.third(self.second(y) + other)
+
+
+@pytest.mark.parametrize(("case", "composite", "target"), [
+    ("flat layer after the relu", lrp.Composite(by_type={Weighted: Epsilon()}, by_name={"2": Flat()}), None),
+    ("zbox layer after the relu", lrp.Composite(by_type={Weighted: Epsilon()}, by_name={"2": ZBox(-1.0, 1.0)}),
+     None),
+    ("relu output returned, relevance given as a tensor", "epsilon", torch.ones(5, 8, dtype=DT)),
+    ("z in a sum", "epsilon", None),
+    ("relu output shifted by a constant", "epsilon", None),
+    ("batch norm input used again", "epsilon", None),
+    ("alpha2-beta1 layer before a flat layer",  # after a ReLU: the non-negative case, which reads z
+     lrp.Composite(by_type={Weighted: Epsilon()},
+                   by_name={"0": ZBox(-3.0, 3.0), "2": AlphaBeta(2.0, 1.0), "4": Flat()}), None),
+    ("gamma layer before a flat layer",
+     lrp.Composite(by_type={Weighted: Epsilon()}, by_name={"0": Gamma(0.25), "2": Flat()}), None),
+])
+def test_no_rectified_division_where_relevance_reaches_the_relus_zeros(
+        rectified_divisions: list[int], case: str, composite, target) -> None:
+    """Each case gives some relevance to the ReLU's zeros, so that dividing it by ``relu(z) + ε`` there
+    instead of by ``stab(z)`` (or giving α2β1 / γ, which read z, the ReLU's output in its place) would change
+    the result: it must stay as without rectification."""
+    models = {"flat layer after the relu": lambda: _chain(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3)),
+              "zbox layer after the relu": lambda: _chain(nn.Linear(8, 3)),
+              "relu output returned, relevance given as a tensor": lambda: WithAside().double(),
+              "z in a sum": lambda: TwiceUsed("z in a sum").double(),
+              "relu output shifted by a constant": lambda: TwiceUsed("shifted").double(),
+              "batch norm input used again": lambda: TwiceUsed("unfolded").double(),
+              "alpha2-beta1 layer before a flat layer": lambda: _chain(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4),
+                                                                       nn.ReLU(), nn.Linear(4, 3)),
+              "gamma layer before a flat layer": lambda: _chain(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))}
+    torch.manual_seed(3)
+    x = torch.randn(5, 6, dtype=DT)
+    model = _randomised(models[case](), x)
+    first = next(module for module in model.modules() if isinstance(module, nn.Linear))
+    with torch.no_grad():
+        first.bias.sub_(0.5)  # many zeros after the ReLU
+    relevance = lrp.explain(model, x, target=target, composite=composite).relevance
+    assert not rectified_divisions
+    assert bool((F.relu(first(x)) == 0).any())  # (before the BatchNorm: zeros are likely after it too)
+    torch.testing.assert_close(relevance, never_rectified(model, x, target=target, composite=composite),
+                               rtol=0, atol=0)
+
+
+def test_rectified_layers_hold_no_more_memory() -> None:
+    """A rectified producer and the layer after the ReLU keep the ReLU's output in place of z, which is
+    freed: the live tensor peak is at most that without rectification (where x is freed instead)."""
+    from lrp.benchmark import live_peak_mib
+
+    torch.manual_seed(4)
+    model = nn.Sequential(*[m for _ in range(8) for m in (nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                                         nn.ReLU())], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 8, 128, 128)
+    rectified = live_peak_mib(lambda: lrp.explain(model, x))
+    unrectified = live_peak_mib(lambda: never_rectified(model, x))
+    assert rectified <= unrectified + 0.01
