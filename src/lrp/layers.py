@@ -460,9 +460,9 @@ class LayerCall:
     shape, dtype and layout), made when ``x`` is first read; z: output incl. bias (N, C_out, *S_out);
     raw_weight / raw_bias: the layer's own parameters (bias may be None); folded: (scale, shift) (C_out,)
     of a BatchNorm folded into the call; z_rectified: z holds ``relu(z)``, and the relevance of the output
-    is zero wherever it is (see :func:`divide_rectified`). ``weight`` and ``bias`` are the effective parameters, folded on
-    first use. Modified weights are written into ``workspace`` when there is one (the blocks of
-    :meth:`row_blocks` share one).
+    is zero wherever it is (see :func:`divide_rectified`). ``weight`` and ``bias`` are the effective
+    parameters, folded on first use. Modified weights are written into ``workspace`` when there is one (the
+    blocks of :meth:`row_blocks` share one).
     """
 
     linear_map: LinearMap
