@@ -21,7 +21,8 @@ from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetCanonizer
 
-from lrp import rules
+import lrp
+from lrp import interception, rules
 
 RELATIVE_TOLERANCE = 1e-6
 """Largest accepted ``max|ours - ref| / max|ref|`` for float64 comparisons."""
@@ -42,6 +43,17 @@ def assert_relevance_close(ours: Tensor, reference: Tensor, tolerance: float = R
     assert torch.isfinite(reference).all(), "the reference relevance holds NaN or inf"
     error = relative_error(ours, reference)
     assert error <= tolerance, f"relative error {error:.3g} > {tolerance:g}"
+
+
+def never_rectified(model: nn.Module, x: Tensor, **kwargs) -> Tensor:
+    """``lrp.explain(model, x, **kwargs).relevance`` with every ReLU's input kept and every producer dividing
+    by ``stab(z)`` (``Trace._rectify`` switched off): the reference for rectification."""
+    original = interception.Trace.__dict__["_rectify"]
+    interception.Trace._rectify = staticmethod(lambda entry: None)
+    try:
+        return lrp.explain(model, x, **kwargs).relevance
+    finally:
+        interception.Trace._rectify = original
 
 
 # -- models ----------------------------------------------------------------------------------------

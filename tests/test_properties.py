@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from conftest import never_rectified
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -238,6 +239,15 @@ def test_absorbed_relevance_accounts_for_every_loss(net: tuple[Net, Tensor], com
     for row in rows:
         if row.rule.startswith("Zero"):
             assert float(row.absorbed.abs().max()) <= 1e-9 * (1 + float(row.relevance_out.abs().max())), row
+
+
+@SETTINGS
+@given(networks(), st.sampled_from(["epsilon", "alpha1-beta0", "epsilon-plus-flat", "epsilon-alpha2-beta1"]))
+def test_rectification_changes_no_number(net: tuple[Net, Tensor], composite: str) -> None:
+    # a ReLU's output in place of its input (Trace.rectify) gives the same relevance, bit for bit
+    model, x = net
+    rectified = lrp.explain(model, x, composite=composite).relevance
+    torch.testing.assert_close(rectified, never_rectified(model, x, composite=composite), rtol=0, atol=0)
 
 
 @SETTINGS

@@ -3,16 +3,17 @@ output gives relevance in proportion to it, and the layers after the ReLU keep i
 input where nothing else needs that (``Trace.rectify``). These tests check where that happens, that it
 gives the same numbers, and that it does not happen where relevance can reach the ReLU's zeros (a Flat or
 ZBox layer after it, a target tensor on a ReLU output, z used twice, a ReLU output shifted, a BatchNorm
-unfolded after the ReLU ran)."""
+unfolded after the ReLU ran, α2β1 or γ, which read z, before a Flat layer)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import never_rectified
 from torch import nn
 
 import lrp
-from lrp import interception, nodes, rules
+from lrp import nodes, rules
 from lrp.composites import Weighted
 from lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox
 
@@ -31,16 +32,6 @@ def rectified_divisions(monkeypatch) -> list[int]:
     monkeypatch.setattr(rules, "divide_rectified", counting)
     monkeypatch.setattr(nodes, "divide_rectified", counting)
     return calls
-
-
-def never_rectified(model: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The relevance with every producer dividing by ``stab(z)`` (``Trace._rectify`` switched off)."""
-    original = interception.Trace.__dict__["_rectify"]
-    interception.Trace._rectify = staticmethod(lambda entry: None)
-    try:
-        return lrp.explain(model, x, **kwargs).relevance
-    finally:
-        interception.Trace._rectify = original
 
 
 def _randomised(model: nn.Module, x: torch.Tensor) -> nn.Module:
