@@ -34,14 +34,12 @@ from .nodes import (
     Foldable,
     LinearRecord,
     MaxPoolFunction,
-    Produced,
     Recomputable,
     RecordFunction,
     SumFunction,
     SumRecord,
     pass_through,
 )
-from .rules import divides_by_output, ignores_output
 
 if TYPE_CHECKING:
     from .interception import Trace
@@ -96,8 +94,7 @@ def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: t
     z = RecordFunction.apply(x, record, compute)
     if linear_map.channel_dim(z) == 1:
         trace.foldable[id(z)] = Foldable(weakref.ref(z), record)
-    if divides_by_output(record.rule) or ignores_output(record.rule):
-        trace.produced[id(z)] = Produced(weakref.ref(z), record)
+    trace.produce(z, record)
     return z
 
 
@@ -182,8 +179,8 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         entry.batch_norm = record
         entry.producer.folded = (record.scale, record.shift)
     y = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
-    if folded and (divides_by_output(entry.producer.rule) or ignores_output(entry.producer.rule)):
-        trace.produced[id(y)] = Produced(weakref.ref(y), entry.producer, record)
+    if folded:
+        trace.produce(y, entry.producer, record)
     return y
 
 
@@ -233,8 +230,7 @@ def _sum(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
         for term in terms:
             trace.taken_by(term, None, record.rule)  # its share is the term times R / stab(z)
         z = SumFunction.apply(record, coefficients, *terms)
-        if divides_by_output(record.rule):
-            trace.produced[id(z)] = Produced(weakref.ref(z), record)
+        trace.produce(z, record)
         return z
     x = terms[on_path.index(True)]
     constant = terms[on_path.index(False)]
@@ -318,10 +314,11 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     if args and args[0] is x:
         rest = args[1:]
         short = op.rsplit(".", 1)[-1]
+        relu = short in ("relu", "relu_")
         activation = Activation(lambda t: _call_out_of_place(func, op, (t, *rest), kwargs), short in _NON_NEGATIVE,
-                                times_relu if short in ("relu", "relu_") else None)
+                                times_relu if relu else None)
         trace.recomputable[id(y)] = Recomputable(weakref.ref(y), x.detach(), activation)
-        if short in ("relu", "relu_"):
+        if relu:
             trace.watch_relu(y, x)
     return y
 

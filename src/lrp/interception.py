@@ -24,6 +24,7 @@ from .errors import UnsupportedOperationError
 from .handlers import HANDLERS, is_in_place, op_name, path_tensors
 from .layers import KEPT_RELU_OUTPUT
 from .nodes import (
+    BatchNormRecord,
     ConservationRow,
     Foldable,
     LinearRecord,
@@ -31,10 +32,11 @@ from .nodes import (
     Produced,
     Recomputable,
     Rectifiable,
+    SumRecord,
     per_sample,
     unfold,
 )
-from .rules import Rule, divides_by_output, proportional_to_input
+from .rules import Rule, divides_by_output, ignores_output, proportional_to_input
 
 __all__ = ["Trace"]
 
@@ -212,6 +214,12 @@ class Trace(TorchFunctionMode):
         else None."""
         entry = self.recomputable.get(id(x))
         return entry if entry is not None and entry.ref() is x else None
+
+    def produce(self, z: Tensor, record: LinearRecord | SumRecord, batch_norm: BatchNormRecord | None = None) -> None:
+        """``record`` (through ``batch_norm`` folded into it, if given) made ``z``: note it, and its consumers
+        from now on, where the rule divides by ``stab(z)`` or never reads z (see :meth:`watch_relu`)."""
+        if divides_by_output(record.rule) or ignores_output(record.rule):
+            self.produced[id(z)] = Produced(weakref.ref(z), record, batch_norm)
 
     def produced_by(self, z: Tensor) -> Produced | None:
         """The entry of ``z`` when a rule that divides by ``stab(z)`` or never reads z made it, else None."""
