@@ -241,7 +241,12 @@ class SumFunction(Function):
             s = divide_rectified(relevance, record.z, record.rule.epsilon)
         else:
             s = record.rule.divide(relevance, record.z)
-        shares = [(term * s).sum_to_size(shape) for term, shape in zip(record.terms, ctx.shapes)]
+        *others, last = record.terms
+        shares = [(term * s).sum_to_size(shape) for term, shape in zip(others, ctx.shapes)]
+        if (last.shape, last.stride(), last.dtype) == (s.shape, s.stride(), s.dtype):
+            shares.append(torch.mul(last, s, out=s))  # s is this call's own: the last share takes its place
+        else:
+            shares.append((last * s).sum_to_size(ctx.shapes[-1]))
         record.trace.log(record, relevance, shares)
         record.terms, record.z = [], None
         return (None, None, *shares)
