@@ -14,7 +14,7 @@ import lrp
 from lrp import layers
 from lrp.composites import Weighted
 from lrp.layers import Convolution, ParameterFree
-from lrp.rules import AlphaBeta, Epsilon
+from lrp.rules import Epsilon, Zero
 
 DT = torch.float64
 
@@ -228,9 +228,9 @@ def test_times_relu_equals_multiplying_by_the_relu_output_in_place() -> None:
 
 def test_epsilon_after_a_relu_does_not_make_its_output_again(monkeypatch) -> None:
     """ε only multiplies by its input, so after a ReLU it takes ``t ⊙ relu(z)`` from the kept z
-    (:func:`layers.times_relu`) instead of making the ReLU's output again; the relevance is the same. (α2β1
-    before the first ReLU reads z, so the layer after it keeps z; the second ReLU's output is kept itself,
-    see ``Trace.rectify``.)"""
+    (:func:`layers.times_relu`) instead of making the ReLU's output again; the relevance is the same. (LRP-0
+    before the first ReLU divides by z itself, with no stabiliser to take ``relu(z)`` in its place, so the
+    layer after it keeps z; the second ReLU's output is kept itself, see ``Trace.rectify``.)"""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
                           nn.AvgPool2d(2), nn.Flatten(), nn.LazyLinear(2)).double().eval()
@@ -238,7 +238,7 @@ def test_epsilon_after_a_relu_does_not_make_its_output_again(monkeypatch) -> Non
     model(x)
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.5, 0.5)
-    composite = lrp.Composite(by_type={Weighted: Epsilon()}, by_name={"0": AlphaBeta(2.0, 1.0)})
+    composite = lrp.Composite(by_type={Weighted: Epsilon()}, by_name={"0": Zero()})
     calls = []
     original = lrp.handlers._call_out_of_place
     monkeypatch.setattr(lrp.handlers, "_call_out_of_place",

@@ -242,7 +242,8 @@ def test_absorbed_relevance_accounts_for_every_loss(net: tuple[Net, Tensor], com
 
 
 @SETTINGS
-@given(networks(), st.sampled_from(["epsilon", "alpha1-beta0", "epsilon-plus-flat", "epsilon-alpha2-beta1"]))
+@given(networks(), st.sampled_from(["epsilon", "alpha1-beta0", "epsilon-plus-flat", "epsilon-alpha2-beta1", "gamma",
+                                    "alpha2-beta1"]))
 def test_rectification_changes_no_number(net: tuple[Net, Tensor], composite: str) -> None:
     # a ReLU's output in place of its input (Trace.rectify) gives the same relevance, bit for bit
     model, x = net

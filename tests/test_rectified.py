@@ -1,9 +1,10 @@
-"""A producer whose output feeds only a ReLU divides by ``relu(z) + ε`` where every op that takes the ReLU's
-output gives relevance in proportion to it, and the layers after the ReLU keep its output instead of its
-input where nothing else needs that (``Trace.rectify``). These tests check where that happens, that it
-gives the same numbers, and that it does not happen where relevance can reach the ReLU's zeros (a Flat or
-ZBox layer after it, a target tensor on a ReLU output, z used twice, a ReLU output shifted, a BatchNorm
-unfolded after the ReLU ran, α2β1 or γ, which read z, before a Flat layer)."""
+"""A producer whose output feeds only a ReLU takes the ReLU's output in place of its own where every op that
+takes the ReLU's output gives relevance in proportion to it (ε divides by ``relu(z) + ε``, γ skips its split
+by the sign of z, α2β1 reads its negative denominator from it), and the layers after the ReLU keep its output
+instead of its input where nothing else needs that (``Trace.rectify``). These tests check where that
+happens, that it gives the same numbers, and that it does not happen where relevance can reach the ReLU's
+zeros (a Flat or ZBox layer after it, a target tensor on a ReLU output, z used twice, a ReLU output shifted,
+a BatchNorm unfolded after the ReLU ran, α2β1 or γ, which read z, before a Flat layer)."""
 from __future__ import annotations
 
 import pytest
@@ -82,11 +83,11 @@ def test_residual_network_divides_by_relu_outputs_with_the_same_numbers(
     torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("composite", ["alpha1-beta0", "epsilon-plus"])
+@pytest.mark.parametrize("composite", ["alpha1-beta0", "epsilon-plus", "alpha2-beta1", "epsilon-alpha2-beta1"])
 def test_layers_after_a_relu_keep_its_output_where_nothing_else_needs_its_input(monkeypatch, composite: str) -> None:
-    """z⁺ (α1β0) never reads its output z, and the sums' Norm rule reads the ReLU's output instead after
-    rectification: so the layers after each ReLU keep its output instead of making it again from z (the
-    forward's 5 ReLU calls are all)."""
+    """z⁺ (α1β0) never reads its output z, and α2β1 and the sums' Norm rule read the ReLU's output instead
+    after rectification: so the layers after each ReLU keep its output instead of making it again from z
+    (the forward's 5 ReLU calls are all)."""
     model, x = _residual()
     calls: list[str] = []
     original = lrp.handlers._call_out_of_place
@@ -97,6 +98,22 @@ def test_layers_after_a_relu_keep_its_output_where_nothing_else_needs_its_input(
     calls.clear()
     torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
     assert len(calls) > 5  # made again for the layers after them
+
+
+def test_rectified_gamma_layers_skip_the_split_by_sign(monkeypatch) -> None:
+    """γ on each block's first convolution takes the ReLU's output in place of its own (every op after that
+    ReLU is proportional), so it needs no split of its relevance by the sign of z: 2 splits (each block's
+    second convolution, which feeds a sum) instead of 4, the same numbers. The stem (ZBox) is not γ."""
+    model, x = _residual()
+    splits: list[int] = []
+    original = rules.where_positive
+    monkeypatch.setattr(rules, "where_positive", lambda *a: splits.append(1) or original(*a))
+    composite = lrp.composites.resolve_composite("epsilon-gamma-box", low=-3.0, high=3.0)
+    relevance = lrp.explain(model, x, composite=composite).relevance
+    assert len(splits) == 2
+    splits.clear()
+    torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
+    assert len(splits) == 4
 
 
 def test_a_relu_output_the_model_still_holds_is_decided_after_the_forward(rectified_divisions: list[int]) -> None:

@@ -36,7 +36,7 @@ from .nodes import (
     per_sample,
     unfold,
 )
-from .rules import Rule, divides_by_output, ignores_output, proportional_to_input
+from .rules import Rule, ignores_output, proportional_to_input, takes_rectified_output
 
 __all__ = ["Trace"]
 
@@ -217,12 +217,13 @@ class Trace(TorchFunctionMode):
 
     def produce(self, z: Tensor, record: LinearRecord | SumRecord, batch_norm: BatchNormRecord | None = None) -> None:
         """``record`` (through ``batch_norm`` folded into it, if given) made ``z``: note it, and its consumers
-        from now on, where the rule divides by ``stab(z)`` or never reads z (see :meth:`watch_relu`)."""
-        if divides_by_output(record.rule) or ignores_output(record.rule):
+        from now on, where the rule can take ``relu(z)`` in its place or never reads z (see :meth:`watch_relu`)."""
+        if takes_rectified_output(record.rule) or ignores_output(record.rule):
             self.produced[id(z)] = Produced(weakref.ref(z), record, batch_norm)
 
     def produced_by(self, z: Tensor) -> Produced | None:
-        """The entry of ``z`` when a rule that divides by ``stab(z)`` or never reads z made it, else None."""
+        """The entry of ``z`` when a rule that can take ``relu(z)`` in its place or never reads z made it, else
+        None."""
         entry = self.produced.get(id(z))
         return entry if entry is not None and entry.ref() is z else None
 
@@ -236,7 +237,7 @@ class Trace(TorchFunctionMode):
                 entry.takers.append(record)
 
     def watch_relu(self, x: Tensor, z: Tensor) -> None:
-        """``x = relu(z)``: when ``z`` came from a rule that divides by ``stab(z)`` or never reads z, note x's
+        """``x = relu(z)``: when ``z`` came from a rule that can take x in its place or never reads z, note x's
         consumers from now on, to be decided on (see :meth:`rectify`) once the model lets go of x, or else
         after the forward."""
         produced = self.produced_by(z)
@@ -272,24 +273,26 @@ class Trace(TorchFunctionMode):
     def _rectify(entry: Rectifiable) -> None:
         """``x = relu(z)``, and neither x nor z can gain consumers any more; z fed only the ReLU. Where z's
         producer never reads z (z⁺, α1β0), nothing needs z but the linear ops that took x, to make x again.
-        Where it divides by ``stab(z)`` and every op that took x gives relevance in proportion to x, the
-        relevance reaching z is zero wherever x is, so the producer can divide by ``x + ε`` instead
-        (:func:`~lrp.layers.divide_rectified`), the same numbers. In both cases the producer and the linear
-        ops that took x keep x, and z is freed: a pass fewer per layer that took x, and one more per ε
-        producer (ResNet-50 with ε: the first two convolutions of every bottleneck and every residual
-        sum). Otherwise x is let go of, and z kept as before."""
+        Where every op that took x gives relevance in proportion to x, the relevance reaching z is zero
+        wherever x is, so a producer that reads z only where relevance arrives can take x in its place
+        (:func:`~lrp.rules.takes_rectified_output`), the same numbers: ε divides by ``x + ε``
+        (:func:`~lrp.layers.divide_rectified`), γ skips splitting the relevance by the sign of z. In both
+        cases the producer and the linear ops that took x keep x, and z is freed: a pass fewer per layer that
+        took x (it need not make x again), and one or two more per ε or γ producer (ResNet-50 with ε: the first
+        two convolutions of every bottleneck and every residual sum). Otherwise x is let go of, and z kept as
+        before."""
         kept, entry.kept = entry.kept, None
         produced = entry.produced
         record, batch_norm = produced.record, produced.batch_norm
-        divides = divides_by_output(record.rule)
+        reads_z = takes_rectified_output(record.rule)
         if (kept is None or produced.consumers != 1
-                or (divides and (entry.proportional == 0 or entry.proportional != entry.consumers))
+                or (reads_z and (entry.proportional == 0 or entry.proportional != entry.consumers))
                 or (batch_norm is not None and batch_norm.producer is not record)):
             return
         for taker in entry.takers:
             taker.x_source = Recomputable(entry.ref, kept, KEPT_RELU_OUTPUT)
         record.z = kept  # (where the rule ignores z, only its shape is read: x has it)
-        record.z_rectified = divides
+        record.z_rectified = reads_z
         if batch_norm is not None:
             batch_norm.y = None
 

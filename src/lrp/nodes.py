@@ -158,8 +158,8 @@ class Foldable:
 
 @dataclass(eq=False)
 class Produced:
-    """An output ``z`` of a linear op or sum whose rule divides by ``stab(z)`` or never reads z (see
-    :func:`~lrp.rules.divides_by_output`, :func:`~lrp.rules.ignores_output`), with its consumers so far;
+    """An output ``z`` of a linear op or sum whose rule can take ``relu(z)`` in its place or never reads z (see
+    :func:`~lrp.rules.takes_rectified_output`, :func:`~lrp.rules.ignores_output`), with its consumers so far;
     ``batch_norm``: the BatchNorm folded into ``record`` whose output z is."""
 
     ref: weakref.ref

@@ -37,9 +37,9 @@ __all__ = [
     "ZBox",
     "ZPlus",
     "Zero",
-    "divides_by_output",
     "ignores_output",
     "proportional_to_input",
+    "takes_rectified_output",
 ]
 
 WEIGHTED = "weighted"            # dense, convolution, unfolded BatchNorm
@@ -305,7 +305,7 @@ class Gamma(Rule):
             return self._non_negative_input(layer, relevance)
         gamma, x = self.gamma, layer.x
         x_pos, x_neg = _positive(x), _negative(x)
-        r_up, r_down = _split_by_sign(relevance, layer.z)
+        r_up, r_down = _split_by_sign(relevance, layer)
         w_up = layer.modified(lambda w, out: torch.add(w, _positive(w), alpha=gamma, out=out))  # x⁺: z > 0, x⁻: z < 0
         w_down = layer.modified(lambda w, out: torch.add(w, _negative(w), alpha=gamma, out=out))  # x⁻: z > 0, x⁺: z < 0
         bias_up = layer.bias_term(lambda b: torch.add(b, _positive(b), alpha=gamma)) if self.bias else 0.0
@@ -328,7 +328,7 @@ class Gamma(Rule):
         through ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W = −(W + γW⁻)/γ``, made from W⁺. With a folded BatchNorm
         of positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`)."""
         gamma, x = self.gamma, layer.x
-        r_up, r_down = _split_by_sign(relevance, layer.z)
+        r_up, r_down = _split_by_sign(relevance, layer)
         inverse = layer.inverse_scale()
         weight = layer.weight if inverse is None else layer.raw_weight
         w_pos = layer.modified(_positive, scaled=inverse is None)
@@ -359,13 +359,16 @@ def _added_to(base: Tensor, factor: float) -> Callable[[Tensor, Tensor | None], 
     return lambda w, out: torch.add(base, w, alpha=factor, out=out)
 
 
-def _split_by_sign(relevance: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The relevance of outputs z > 0 and of outputs z < 0 (outputs z = 0 pass nothing); the second is
-    None when no relevance reaches outputs z <= 0, and the first is then ``relevance`` itself."""
-    r_up = where_positive(relevance, z)
+def _split_by_sign(relevance: Tensor, layer: LayerCall) -> tuple[Tensor, Tensor | None]:
+    """The relevance of the layer's outputs z > 0 and of its outputs z < 0 (outputs z = 0 pass nothing); the
+    second is None when no relevance reaches outputs z <= 0, and the first is then ``relevance`` itself. A
+    rectified z (``relu(z)``, see ``Trace.rectify``) says so without a look."""
+    if layer.z_rectified:
+        return relevance, None
+    r_up = where_positive(relevance, layer.z)
     if torch.equal(r_up, relevance):
         return relevance, None
-    return r_up, where_negative(relevance, z)
+    return r_up, where_negative(relevance, layer.z)
 
 
 class ZBox(Rule):
@@ -449,11 +452,15 @@ class Pass(Rule):
     kinds = frozenset({ELEMENTWISE})
 
 
-def divides_by_output(rule: Rule) -> bool:
-    """Whether ``rule`` divides by the stabilised output ``stab(z)`` of its layer or sum, with ε > 0, and
-    reads z nowhere else: the built-in ε rules (not their subclasses, which may read z otherwise). After a
-    ReLU it can divide by ``relu(z) + ε`` instead (see :func:`lrp.layers.divide_rectified`)."""
-    return type(rule) in (Epsilon, Norm) and rule.epsilon > 0
+def takes_rectified_output(rule: Rule) -> bool:
+    """Whether ``rule`` gives the same numbers with ``relu(z)`` in place of its layer's (or sum's) output z,
+    given that no relevance reaches the outputs that the ReLU zeroes (see ``Trace.rectify``): it reads z only
+    where relevance arrives, and elsewhere divides zero by a denominator it keeps away from zero. The
+    built-in ε rules with ε > 0 then divide by ``relu(z) + ε`` (:func:`lrp.layers.divide_rectified`); γ
+    needs no split of the relevance by the sign of z; αβ with β > 0 takes its negative denominator from
+    ``relu(z)``. Not their subclasses, which may read z otherwise."""
+    return ((type(rule) in (Epsilon, Norm) and rule.epsilon > 0) or type(rule) is Gamma
+            or (type(rule) is AlphaBeta and rule.beta > 0))
 
 
 def ignores_output(rule: Rule) -> bool:
