@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .layers import Activation, ChannelAffine, LayerCall, LinearMap, divide_rectified, sum_taking
+from .layers import Activation, ChannelAffine, LayerCall, LinearMap, sum_taking
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -237,10 +237,7 @@ class SumFunction(Function):
     @staticmethod
     def backward(ctx, relevance: Tensor):
         record = ctx.record
-        if record.z_rectified:
-            s = divide_rectified(relevance, record.z, record.rule.epsilon)
-        else:
-            s = record.rule.divide(relevance, record.z)
+        s = record.rule.divide_output(relevance, record.z, record.z_rectified)
         *others, last = record.terms
         shares = [(term * s).sum_to_size(shape) for term, shape in zip(others, ctx.shapes)]
         if (last.shape, last.stride(), last.dtype) == (s.shape, s.stride(), s.dtype):

@@ -100,13 +100,16 @@ class Epsilon(Rule):
     def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
         return divide(relevance, z, self.epsilon)
 
+    def divide_output(self, relevance: Tensor, z: Tensor, rectified: bool) -> Tensor:
+        """``R / stab(z)`` for the layer's (or sum's) own output z; from a rectified z (``relu(z)``, see
+        ``Trace.rectify``) as ``R / (z + ε)``, the same numbers."""
+        return divide_rectified(relevance, z, self.epsilon) if rectified else self.divide(relevance, z)
+
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         if not (self.bias or layer.bias is None):
             s = self.divide(relevance, layer.forward(layer.x, layer.weight))
-        elif layer.z_rectified:
-            s = divide_rectified(relevance, layer.z, self.epsilon)
         else:
-            s = self.divide(relevance, layer.z)
+            s = self.divide_output(relevance, layer.z, layer.z_rectified)
         return layer.times_input(layer.transpose_effective(s))
 
 
