@@ -1435,3 +1435,41 @@ def test_half_precision_runs_close_to_float64(dtype: torch.dtype, tolerance: flo
     relevance = lrp.explain(model.to(dtype), x.to(dtype), target=1, **params).relevance
     assert relevance.dtype == dtype
     assert float((relevance.double() - reference).abs().max() / reference.abs().max()) < tolerance
+
+
+class _WideSkip(nn.Module):
+    """``head(relu(inner(x) + 2x))`` for x ≥ 0: inner's first output has only negative weights, so its
+    z⁺ denominator is 0, yet the sum passes it relevance (z = −4 of the sum's 2 at x = (3, 1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.head = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.inner.weight.copy_(torch.tensor([[-1.0, -1.0], [1.0, 0.0]]))
+            self.head.weight.copy_(torch.tensor([[1.0, 1.0]]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.inner(x) + 2 * x))
+
+
+def test_float16_z_plus_quotient_over_a_zero_denominator_does_not_overflow() -> None:
+    # the sum (R = 2 on its 2) hands inner's first output -4, and -4 / (0 + ε) overflows float16: inf·0 made the
+    # input relevance NaN. The rule computes in float32, where that output's shares are exactly 0, as in float64
+    model, x = _WideSkip(), torch.tensor([[3.0, 1.0]])
+    composite = lrp.Composite(by_type={nn.Linear: lrp.rules.ZPlus()})
+    reference = lrp.explain(copy.deepcopy(model).double(), x.double(), target=0, composite=composite).relevance
+    relevance = lrp.explain(model.half(), x.half(), target=0, composite=composite).relevance
+    assert relevance.dtype == torch.float16
+    close(relevance.double(), reference, rtol=1e-3, atol=1e-3)
+
+
+def test_bfloat16_alpha2_beta1_negative_share_is_not_lost_to_rounding() -> None:
+    # after a ReLU, N = z − P: with z = 299.25 rounded to bfloat16's 300 that gave N = 0 and a share of ~1e8;
+    # hand-computed: P = 300, N = -0.75, R = z, R_in = (2·R·300/300, -R·(-0.75)/(-0.75)) = (2R, -R)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0]]))
+    x = torch.tensor([[300.0, 0.75]])
+    relevance = lrp.explain(model.to(torch.bfloat16), x.to(torch.bfloat16), target=0, composite="alpha2-beta1")
+    assert float(relevance.prediction) == 300.0  # 299.25 in bfloat16
+    close(relevance.relevance.double(), torch.tensor([[600.0, -300.0]], dtype=DT), rtol=1e-2, atol=0.0)

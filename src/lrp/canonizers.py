@@ -38,10 +38,9 @@ def batch_norm_affine(
         var = z.var(dim=dims, unbiased=False)
     else:
         mean, var = running_mean, running_var
-    scale = torch.rsqrt(var.to(z.dtype) + eps)
+    scale = torch.add(var.to(z.dtype), eps).rsqrt_()
     if weight is not None:
-        scale = scale * weight
-    shift = -mean.to(z.dtype) * scale
-    if bias is not None:
-        shift = shift + bias
+        scale.mul_(weight)
+    mean = mean.to(z.dtype)
+    shift = torch.mul(mean, scale).neg_() if bias is None else torch.addcmul(bias, mean, scale, value=-1)
     return scale, shift

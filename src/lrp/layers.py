@@ -14,7 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import NamedTuple
 
 import torch
@@ -60,6 +60,16 @@ with 2 threads: a 265 M-element 3D CNN activation takes 102 ms in chunks of 2^20
 in chunks, since each chunk pays for waking the threads."""
 
 
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def widened(t: Tensor | None) -> Tensor | None:
+    """A float16 / bfloat16 tensor as a float32 copy; others (and None) as they are. Rules compute in float32
+    for 16-bit layers: a quotient ``R / stab(z)`` overflows float16 where z is near 0 although every share
+    ``x·w·R / z`` is finite, and ε-α2β1's ``(P + ε) − z`` loses bfloat16's eight bits to cancellation."""
+    return t.float() if t is not None and t.dtype in HALF_PRECISION else t
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + ε·sign(z)`` with sign(0) = +1, as a new tensor. (A negative zero, -0.0, takes −ε; it
     only arises where every contribution is zero, so it changes no relevance.)"""
@@ -92,7 +102,15 @@ def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
 
 
 def _shift(epsilon: float, like: Tensor) -> Tensor:
-    return torch.tensor(epsilon, dtype=like.dtype, device=like.device)
+    """ε as a 0-dim tensor of ``like``'s dtype and device."""
+    return _constant(epsilon, like.dtype, like.device)
+
+
+@cache
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Made once per process: ``torch.tensor`` on a GPU is a copy from the host each time (ResNet-50 with ε
+    made 71 per call)."""
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 def _chunks(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
@@ -460,9 +478,10 @@ class LayerCall:
     shape, dtype and layout), made when ``x`` is first read; z: output incl. bias (N, C_out, *S_out);
     raw_weight / raw_bias: the layer's own parameters (bias may be None); folded: (scale, shift) (C_out,)
     of a BatchNorm folded into the call; z_rectified: z holds ``relu(z)``, and the relevance of the output
-    is zero wherever it is (see :func:`divide_rectified`). ``weight`` and ``bias`` are the effective
-    parameters, folded on first use. Modified weights are written into ``workspace`` when there is one (the
-    blocks of :meth:`row_blocks` share one).
+    is zero wherever it is (see :func:`divide_rectified`); z_rounded: z is a 16-bit layer's output widened to
+    float32 (:meth:`in_float32`), so a small difference of z and another sum has lost its digits. ``weight``
+    and ``bias`` are the effective parameters, folded on first use. Modified weights are written into
+    ``workspace`` when there is one (the blocks of :meth:`row_blocks` share one).
     """
 
     linear_map: LinearMap
@@ -474,7 +493,15 @@ class LayerCall:
     activation: Activation | None = None
     workspace: Workspace | None = None
     z_rectified: bool = False
+    z_rounded: bool = False
     _modified_count: int = field(default=0, init=False, repr=False)
+
+    def in_float32(self) -> LayerCall:
+        """This call with its tensors in float32 (see :func:`widened`); before any rule has read it."""
+        folded = None if self.folded is None else (widened(self.folded[0]), widened(self.folded[1]))
+        return LayerCall(self.linear_map, widened(self.source), widened(self.z), widened(self.raw_weight),
+                         widened(self.raw_bias), folded, self.activation, z_rectified=self.z_rectified,
+                         z_rounded=self.z.dtype in HALF_PRECISION)
 
     @cached_property
     def x(self) -> Tensor:

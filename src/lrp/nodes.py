@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .layers import Activation, ChannelAffine, LayerCall, LinearMap, sum_taking
+from .layers import HALF_PRECISION, Activation, ChannelAffine, LayerCall, LinearMap, sum_taking, widened
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -104,6 +104,9 @@ class LinearRecord:
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
         self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
+        dtype = relevance.dtype
+        if dtype in HALF_PRECISION:  # the rule computes in float32 (see layers.widened)
+            layer, relevance = layer.in_float32(), relevance.float()
         blocks = layer.row_blocks()
         if blocks is None:
             result = self.rule.relevance(layer, relevance)
@@ -111,7 +114,7 @@ class LinearRecord:
             del layer  # each block holds what it needs
             result = sum_taking(blocks, lambda rows, block: self.rule.relevance(block, relevance[..., rows]))
         self.trace.log(self, relevance, result)
-        return result
+        return result.to(dtype)
 
 
 @dataclass(eq=False)
@@ -139,11 +142,14 @@ class BatchNormRecord:
         if self.producer is not None:
             self.y = None  # the producer's z, which its rule releases when done with it
             return relevance
+        dtype = relevance.dtype
         layer = LayerCall(ChannelAffine(self.x.dim()), self.x, self.y, self.scale, self.shift)
+        if dtype in HALF_PRECISION:  # the rule computes in float32 (see layers.widened)
+            layer, relevance = layer.in_float32(), relevance.float()
         result = self.rule.relevance(layer, relevance)
         self.trace.log(self, relevance, result)
         self.x = self.y = None
-        return result
+        return result.to(dtype)
 
 
 @dataclass(eq=False)
@@ -237,8 +243,10 @@ class SumFunction(Function):
     @staticmethod
     def backward(ctx, relevance: Tensor):
         record = ctx.record
-        s = record.rule.divide_output(relevance, record.z, record.z_rectified)
-        *others, last = record.terms
+        dtypes = [term.dtype for term in record.terms]
+        relevance, z = widened(relevance), widened(record.z)  # float32 for 16-bit sums (see layers.widened)
+        s = record.rule.divide_output(relevance, z, record.z_rectified)
+        *others, last = [widened(term) for term in record.terms]
         shares = [(term * s).sum_to_size(shape) for term, shape in zip(others, ctx.shapes)]
         if (last.shape, last.stride(), last.dtype) == (s.shape, s.stride(), s.dtype):
             shares.append(torch.mul(last, s, out=s))  # s is this call's own: the last share takes its place
@@ -246,7 +254,7 @@ class SumFunction(Function):
             shares.append((last * s).sum_to_size(ctx.shapes[-1]))
         record.trace.log(record, relevance, shares)
         record.terms, record.z = [], None
-        return (None, None, *shares)
+        return (None, None, *(share.to(dtype) for share, dtype in zip(shares, dtypes)))
 
 
 class PassFunction(Function):

@@ -19,14 +19,17 @@ def borrowed(model: nn.Module, eval_mode: bool = True, freeze: bool = True) -> I
     training = [(module, module.training) for module in model.modules()]
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(flag for _, flag in training):  # (an eval model is left alone: ~150 setattrs less)
             model.eval()
         if freeze:
-            for param, _ in requires_grad:
-                param.requires_grad_(False)
+            for param, flag in requires_grad:
+                if flag:
+                    param.requires_grad_(False)
         yield model
     finally:
         for module, flag in training:
-            module.training = flag
+            if module.training != flag:
+                module.training = flag
         for param, flag in requires_grad:
-            param.requires_grad_(flag)
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)

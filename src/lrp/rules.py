@@ -239,9 +239,13 @@ class AlphaBeta(Rule):
             return layer.transpose(s_pos, w_pos).mul_(x)
         w_neg = layer.modified(_negative, scaled=inverse is None)
         layer.release("weight")
-        negated = _plus_scaled(positive, layer.z, _scaled_like(layer, 1.0, inverse), alpha=-1.0)  # ε − N (over s)
-        if not self.bias:
-            negated.add_(layer.bias_term())
+        if layer.z_rounded:  # (P + ε) − z would keep only z's 16-bit digits of N: one layer call more
+            negated = _forward_shifted(layer, x, w_neg, _negative if self.bias else None, -self.stabilizer,
+                                       inverse).neg_()
+        else:
+            negated = _plus_scaled(positive, layer.z, _scaled_like(layer, 1.0, inverse), alpha=-1.0)  # ε − N (over s)
+            if not self.bias:
+                negated.add_(layer.bias_term())
         layer.release("z")
         s_neg = _scaled(torch.div(relevance, negated.clamp_min_(floor), out=negated), self.beta)
         s_pos = _scaled(torch.div(relevance, positive.clamp_min_(floor), out=positive), self.alpha)
