@@ -14,16 +14,20 @@ guided backprop, deconvnet and integrated gradients equal the CPU's.
 Part 2, speed and memory (reported, not checked). Median time of the timed runs (after warm-up runs) and
 peak memory of gradient×input and of five composites, float32, on the full-size models (the paper's
 model on 1×1×193×229×193, VGG-16 and ResNet-50 on 8×3×224×224; ``--quick``: the toy ones), as ratios to
-gradient×input. Memory is the peak of ``torch.cuda.max_memory_allocated`` above what was allocated
-before the run (on the CPU: :func:`lrp.benchmark.live_peak_mib`).
+gradient×input; zennit's equivalent composites too where zennit is installed (``--no-zennit``: not).
+Memory is the peak of ``torch.cuda.max_memory_allocated`` above what was allocated before the run (on
+the CPU: :func:`lrp.benchmark.live_peak_mib`). On a GPU, the kernel time of one run (torch.profiler) shows
+how much of the call the device is busy; the rest is the host (Python, kernel launches).
 
-Only torch, numpy and this package are imported, so the script runs on a bare machine with PyTorch.
+Only torch, numpy and this package are imported (and zennit, if installed), so the script runs on a bare
+machine with PyTorch.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import functools
+import importlib.util
 import statistics
 import sys
 import time
@@ -34,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import lrp
-from lrp.benchmark import _composite_params, _gradient_x_input, _ours, build, live_peak_mib
+from lrp.benchmark import ZENNIT_EQUIVALENTS, _composite_params, _gradient_x_input, _ours, _zennit, build, live_peak_mib
 from lrp.composites import COMPOSITES
 from lrp.errors import NonFiniteError
 
@@ -178,28 +182,49 @@ def peak_mib(run: Callable[[], object], device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def speed_rows(name: str, device: torch.device, quick: bool) -> list[str]:
-    """Table rows of one model: gradient×input, then each timed composite, with ratios to the former."""
+def kernel_ms(run: Callable[[], object], device: torch.device) -> float | None:
+    """The summed time of the device's kernels during one ``run`` (ms); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        run()
+        synchronize(device)
+    kernels = [event for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(event.device_time for event in kernels) / 1e3
+
+
+def methods(zennit: bool) -> list[tuple[str, Callable]]:
+    """gradient×input, each timed composite, and zennit's equivalent of each (with ``zennit``)."""
+    ours = [(composite, _ours(composite)) for composite in TIMED]
+    theirs = [(f"zennit {c}", _zennit(c)) for c in TIMED if c in ZENNIT_EQUIVALENTS] if zennit else []
+    return [("gradient×input", _gradient_x_input), *ours, *theirs]
+
+
+def speed_rows(name: str, device: torch.device, quick: bool, zennit: bool) -> list[str]:
+    """Table rows of one model: gradient×input, then each method, with ratios to the former."""
     warm_up, repeats = (1, 2) if quick else (3, 10)
     model, x = build(name, 2 if quick else FULL_SIZE_BATCH[name], quick)
     model, x = model.to(device), x.to(device)
     with torch.no_grad():
         target = model(x).argmax(1)
     rows, baseline = [], None
-    for label, method in [("gradient×input", _gradient_x_input)] + [(c, _ours(c)) for c in TIMED]:
+    for label, method in methods(zennit):
         run = functools.partial(method, model, x, target)
         seconds, memory = median_seconds(run, device, warm_up, repeats), peak_mib(run, device)
+        kernels = kernel_ms(run, device)
         baseline = baseline or (seconds, memory)
         rows.append(f"| {name} | {'×'.join(map(str, x.shape))} | {label} | {seconds * 1e3:.1f} | "
-                    f"{seconds / baseline[0]:.2f} | {memory:.1f} | {memory / baseline[1]:.2f} |")
+                    f"{seconds / baseline[0]:.2f} | {memory:.1f} | {memory / baseline[1]:.2f} | "
+                    f"{'' if kernels is None else f'{kernels:.1f}'} |")
     return rows
 
 
-def speed(device: torch.device, quick: bool) -> str:
-    lines = ["| model | input | method | median time (ms) | time ÷ g×i | peak memory (MiB) | memory ÷ g×i |",
-             "|---|---|---|---|---|---|---|"]
+def speed(device: torch.device, quick: bool, zennit: bool) -> str:
+    header = ("| model | input | method | median time (ms) | time ÷ g×i | peak memory (MiB) | memory ÷ g×i | "
+              "kernel time (ms) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
-        lines += speed_rows(name, device, quick)
+        lines += speed_rows(name, device, quick, zennit)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return "\n".join(lines)
@@ -210,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="the device to check against the CPU (default: cuda)")
     parser.add_argument("--quick", action="store_true", help="toy-sized models for part 2 too, 2 timed runs")
     parser.add_argument("--output", help="also write the report (markdown) to this file")
+    parser.add_argument("--no-zennit", dest="zennit", action="store_false",
+                        help="leave zennit's composites out of part 2 (they are in where zennit is installed)")
     options = parser.parse_args(argv)
+    zennit = options.zennit and importlib.util.find_spec("zennit") is not None
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("device_check: --device cuda, but torch.cuda.is_available() is False on this machine", file=sys.stderr)
@@ -222,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n\n".join([
         f"# Device check: {name}, torch {torch.__version__}",
         f"## Correctness against the CPU (float64)\n\n{verdict}\n\n{checks.markdown()}",
-        f"## Speed and memory, float32\n\n{speed(device, options.quick)}",
+        f"## Speed and memory, float32\n\n{speed(device, options.quick, zennit)}",
     ])
     print(report)
     if options.output:

@@ -27,8 +27,17 @@ def test_cpu_as_the_device_passes_and_reports_every_model(device_check, tmp_path
     for name in device_check.MODELS:
         assert f"| {name} epsilon-gamma-box float64 |" in report
         assert f"| {name} integrated gradients |" in report
-        assert f"| {name} | " in report.split("## Speed and memory")[1]
+        speed = report.split("## Speed and memory")[1]
+        assert f"| {name} | " in speed
+        assert all(f" | {method} | " in speed for method in ("epsilon-gamma-box", "zennit epsilon-gamma-box"))
     assert "| vgg16 epsilon-alpha2-beta1 channels_last |" in report
+
+
+def test_no_zennit_leaves_its_rows_out(device_check, tmp_path):
+    output = tmp_path / "report.md"
+    device_check.main(["--device", "cpu", "--quick", "--no-zennit", "--output", str(output)])
+    speed = output.read_text().split("## Speed and memory")[1]
+    assert "| epsilon-gamma-box |" in speed and "zennit" not in speed
 
 
 def test_checks_fail_above_the_limit_on_non_finite_values_and_unmet_requirements(device_check):
