@@ -135,6 +135,7 @@ RULES: list[rules.Rule] = [
     rules.AlphaBeta(3.0, 2.0, bias=False),
     rules.ZPlus(stabilizer=1e-3),
     rules.ZBox(-2.0, 2.5, stabilizer=1e-3),
+    rules.ZBox(-1.5, 2.0, bias=False),
     rules.Flat(stabilizer=1e-3),
     rules.WSquare(),
     rules.WSquare(bias=False),

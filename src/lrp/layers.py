@@ -192,6 +192,12 @@ class LinearMap(ABC):
         """``(transpose(s, weight_a), transpose(s, weight_b))``, possibly from one transposed layer."""
         return self.transpose(s, weight_a, x), self.transpose(s, weight_b, x)
 
+    def constant_response(self, values: Tensor, weight: Tensor, x: Tensor) -> Tensor | None:
+        """The map (with ``weight``) applied to an input shaped like ``x`` (channels in dimension 1) that holds
+        ``values`` (C_in,) in each channel at every position, as a (C_out,) tensor, when that output is the
+        same at every position (no borders); None where it is not."""
+        return None
+
     def bias_view(self, bias: Tensor) -> Tensor:
         """The bias (C_out,) reshaped to broadcast against the output."""
         raise NotImplementedError(f"{type(self).__name__} has no bias")
@@ -224,6 +230,9 @@ class Dense(LinearMap):
 
     def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return (s @ torch.cat([weight_a, weight_b], dim=1)).split(weight_a.shape[1], dim=-1)
+
+    def constant_response(self, values: Tensor, weight: Tensor, x: Tensor) -> Tensor | None:
+        return weight @ values if x.dim() == 2 else None  # (N, ..., C_in) has its features last
 
     def block_rows(self, weight: Tensor) -> int | None:
         row_bytes = weight.shape[1] * weight.element_size()
@@ -365,6 +374,15 @@ class Convolution(LinearMap):
         else:
             both = self.transpose(s, weight, stand_in)
         return both.split(x.shape[1], dim=1)
+
+    def constant_response(self, values: Tensor, weight: Tensor, x: Tensor) -> Tensor | None:
+        """Without padding every output sees a whole kernel window of the input: the weight's sum over the
+        window, times each input channel's value (in groups); None with padding or transposed."""
+        if self.transposed or any(self.padding) or any(self.extra_padding):
+            return None
+        per_channel = weight.sum(dim=tuple(range(2, weight.dim())))  # (C_out, C_in / groups)
+        inputs = values.view(self.groups, 1, -1).expand(-1, weight.shape[0] // self.groups, -1)
+        return (per_channel * inputs.reshape(per_channel.shape)).sum(dim=1)
 
     def bias_view(self, bias: Tensor) -> Tensor:
         return bias.view(1, -1, *([1] * len(self.stride)))

@@ -15,6 +15,8 @@ parameters:
   a positive contribution is ``x⁺w⁺`` or ``x⁻w⁻``, a negative one ``x⁺w⁻`` or ``x⁻w⁺``.
   When a layer's input is non-negative (after ReLU, or an image), the ``x⁻`` terms are exactly
   zero and are skipped, which is what makes these rules cost one extra convolution.
+- **Precision.** For float16 / bfloat16 layers a rule computes in float32 (``layers.widened``); the
+  relevance it hands on keeps the layer's dtype.
 """
 from __future__ import annotations
 
@@ -393,15 +395,45 @@ class ZBox(Rule):
 
     def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         x = layer.x
-        low, high = _bound_like(self.low, x), _bound_like(self.high, x)
         w_pos, w_neg = layer.modified(_positive), layer.modified(_negative)
-        z = layer.z if self.bias else layer.z - layer.bias_term()
-        bounds = layer.forward_pair(low, w_pos, high, w_neg)  # W⁺l + W⁻h
+        low, high, bounds = self._bounds(layer, w_pos, w_neg)  # bounds: W⁺l + W⁻h
         if self.bias:
-            bounds.add_(layer.bias_term(_positive)).add_(layer.bias_term(_negative))
-        s = divide_(relevance, z - bounds, self.stabilizer)
+            bounds = bounds.add_(layer.bias_term(_positive)).add_(layer.bias_term(_negative))
+        else:
+            bounds = bounds.add_(layer.bias_term())  # z − b − (W⁺l + W⁻h)
+        denominator = torch.sub(layer.z, bounds, out=bounds if bounds.shape == layer.z.shape else None)
+        layer.release("z")
+        s = divide_(relevance, denominator, self.stabilizer)
+        del denominator, bounds
         for_low, for_high = layer.transpose_pair(s, w_pos, w_neg)
-        return for_low.mul(x - low).add_(for_high.mul(x - high))
+        del s
+        return for_low.mul_(x - low).add_(for_high.mul_(x - high))
+
+    def _bounds(self, layer: LayerCall, w_pos: Tensor, w_neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``low``, ``high`` (broadcastable to x) and ``W⁺l + W⁻h`` (broadcastable to z, a new tensor). Bounds
+        that are one value per input channel give one value per output channel where the layer has no
+        borders (:meth:`LinearMap.constant_response`): no layer call, and (C_out,) values instead of a tensor
+        as large as z (the paper's first layer: 265 MB, and 18 % of the composite's time)."""
+        x = layer.x
+        low, high = _channel_values(self.low, x), _channel_values(self.high, x)
+        if low is not None and high is not None:
+            pos = layer.linear_map.constant_response(low, w_pos, x)
+            neg = None if pos is None else layer.linear_map.constant_response(high, w_neg, x)
+            if neg is not None:
+                view = (1, -1, *([1] * (x.dim() - 2)))
+                return low.view(view), high.view(view), layer.linear_map.bias_view(pos.add_(neg))
+        low, high = _bound_like(self.low, x), _bound_like(self.high, x)
+        return low, high, layer.forward_pair(low, w_pos, high, w_neg)
+
+
+def _channel_values(bound: float | Tensor, x: Tensor) -> Tensor | None:
+    """A ZBox bound that is one value, or one per input channel, as (C_in,) in x's dtype; None otherwise."""
+    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    if bound.numel() == 1:
+        return bound.reshape(1).expand(x.shape[1]).contiguous()
+    if bound.dim() == 1 and bound.numel() == x.shape[1]:
+        return bound
+    return None
 
 
 def _bound_like(bound: float | Tensor, x: Tensor) -> Tensor:
