@@ -1473,3 +1473,23 @@ def test_bfloat16_alpha2_beta1_negative_share_is_not_lost_to_rounding() -> None:
     relevance = lrp.explain(model.to(torch.bfloat16), x.to(torch.bfloat16), target=0, composite="alpha2-beta1")
     assert float(relevance.prediction) == 300.0  # 299.25 in bfloat16
     close(relevance.relevance.double(), torch.tensor([[600.0, -300.0]], dtype=DT), rtol=1e-2, atol=0.0)
+
+
+def test_float16_large_dense_layer_is_widened_block_by_block(monkeypatch) -> None:
+    """A 16-bit dense layer explained in row blocks widens each block's rows to float32, never the whole
+    weight, and gives the same relevance as in one piece."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).half()
+    x = torch.rand(2, 6).half()
+    whole = lrp.explain(model, x, target=1, composite="alpha2-beta1").relevance
+    widened_rows = []
+    original = lrp.layers.LayerCall.in_float32
+
+    def spy(call: lrp.layers.LayerCall) -> lrp.layers.LayerCall:
+        widened_rows.append(call.raw_weight.shape[0])
+        return original(call)
+    monkeypatch.setattr(lrp.layers.LayerCall, "in_float32", spy)
+    monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 2 * 6 * 2)  # both layers in blocks of one row
+    blocked = lrp.explain(model, x, target=1, composite="alpha2-beta1").relevance
+    assert widened_rows == [1] * (3 + 10)
+    close(blocked.double(), whole.double(), rtol=1e-3, atol=1e-3)

@@ -515,10 +515,11 @@ class LayerCall:
     _modified_count: int = field(default=0, init=False, repr=False)
 
     def in_float32(self) -> LayerCall:
-        """This call with its tensors in float32 (see :func:`widened`); before any rule has read it."""
+        """This call with its tensors in float32 (see :func:`widened`); before any rule has read it. (A row
+        block's copy holds its block of the weight only.)"""
         folded = None if self.folded is None else (widened(self.folded[0]), widened(self.folded[1]))
         return LayerCall(self.linear_map, widened(self.source), widened(self.z), widened(self.raw_weight),
-                         widened(self.raw_bias), folded, self.activation, z_rectified=self.z_rectified,
+                         widened(self.raw_bias), folded, self.activation, self.workspace, self.z_rectified,
                          z_rounded=self.z.dtype in HALF_PRECISION)
 
     @cached_property

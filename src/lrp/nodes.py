@@ -105,14 +105,18 @@ class LinearRecord:
         layer = self.layer_call()
         self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
         dtype = relevance.dtype
-        if dtype in HALF_PRECISION:  # the rule computes in float32 (see layers.widened)
-            layer, relevance = layer.in_float32(), relevance.float()
+        widen = dtype in HALF_PRECISION  # the rule computes in float32 (see layers.widened), block by block
+
+        def explain(call: LayerCall, relevance: Tensor) -> Tensor:
+            return self.rule.relevance(call.in_float32() if widen else call, relevance)
+
+        relevance = widened(relevance)
         blocks = layer.row_blocks()
         if blocks is None:
-            result = self.rule.relevance(layer, relevance)
+            result = explain(layer, relevance)
         else:
             del layer  # each block holds what it needs
-            result = sum_taking(blocks, lambda rows, block: self.rule.relevance(block, relevance[..., rows]))
+            result = sum_taking(blocks, lambda rows, block: explain(block, relevance[..., rows]))
         self.trace.log(self, relevance, result)
         return result.to(dtype)
 
