@@ -71,6 +71,14 @@ class Recomputable(NamedTuple):
     activation: Activation
 
 
+def _apply_rule(rule: Rule, layer: LayerCall, relevance: Tensor) -> Tensor:
+    """``rule.relevance(layer, relevance)``; in float32 for a float16 / bfloat16 call (see :func:`layers.widened`),
+    whose result the caller hands on in the relevance's dtype. (A row block widens its own rows only.)"""
+    if relevance.dtype in HALF_PRECISION:
+        return rule.relevance(layer.in_float32(), relevance.float())
+    return rule.relevance(layer, relevance)
+
+
 @dataclass(eq=False)
 class LinearRecord:
     """One call of a linear op: what its backward needs. Tensors are detached aliases (no copies)."""
@@ -104,21 +112,14 @@ class LinearRecord:
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
         self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
-        dtype = relevance.dtype
-        widen = dtype in HALF_PRECISION  # the rule computes in float32 (see layers.widened), block by block
-
-        def explain(call: LayerCall, relevance: Tensor) -> Tensor:
-            return self.rule.relevance(call.in_float32() if widen else call, relevance)
-
-        relevance = widened(relevance)
         blocks = layer.row_blocks()
         if blocks is None:
-            result = explain(layer, relevance)
+            result = _apply_rule(self.rule, layer, relevance)
         else:
             del layer  # each block holds what it needs
-            result = sum_taking(blocks, lambda rows, block: explain(block, relevance[..., rows]))
+            result = sum_taking(blocks, lambda rows, block: _apply_rule(self.rule, block, relevance[..., rows]))
         self.trace.log(self, relevance, result)
-        return result.to(dtype)
+        return result.to(relevance.dtype)
 
 
 @dataclass(eq=False)
@@ -146,14 +147,11 @@ class BatchNormRecord:
         if self.producer is not None:
             self.y = None  # the producer's z, which its rule releases when done with it
             return relevance
-        dtype = relevance.dtype
         layer = LayerCall(ChannelAffine(self.x.dim()), self.x, self.y, self.scale, self.shift)
-        if dtype in HALF_PRECISION:  # the rule computes in float32 (see layers.widened)
-            layer, relevance = layer.in_float32(), relevance.float()
-        result = self.rule.relevance(layer, relevance)
+        result = _apply_rule(self.rule, layer, relevance)
         self.trace.log(self, relevance, result)
         self.x = self.y = None
-        return result.to(dtype)
+        return result.to(relevance.dtype)
 
 
 @dataclass(eq=False)
