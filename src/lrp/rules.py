@@ -398,9 +398,9 @@ class ZBox(Rule):
         w_pos, w_neg = layer.modified(_positive), layer.modified(_negative)
         low, high, bounds = self._bounds(layer, w_pos, w_neg)  # bounds: W⁺l + W⁻h
         if self.bias:
-            bounds = bounds.add_(layer.bias_term(_positive)).add_(layer.bias_term(_negative))
+            bounds.add_(layer.bias_term(_positive)).add_(layer.bias_term(_negative))
         else:
-            bounds = bounds.add_(layer.bias_term())  # z − b − (W⁺l + W⁻h)
+            bounds.add_(layer.bias_term())  # z − b − (W⁺l + W⁻h)
         denominator = torch.sub(layer.z, bounds, out=bounds if bounds.shape == layer.z.shape else None)
         layer.release("z")
         s = divide_(relevance, denominator, self.stabilizer)
@@ -438,9 +438,11 @@ def _channel_values(bound: float | Tensor, x: Tensor) -> Tensor | None:
 
 def _bound_like(bound: float | Tensor, x: Tensor) -> Tensor:
     """A ZBox bound as a tensor broadcast to x, with batch size 1 unless it varies per sample."""
-    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
-    if bound.dim() == 1 and x.dim() > 2 and bound.numel() == x.shape[1] != 1:
-        bound = bound.view(1, -1, *([1] * (x.dim() - 2)))
+    values = _channel_values(bound, x)
+    if values is None:
+        bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    else:
+        bound = values.view(1, -1, *([1] * (x.dim() - 2)))
     per_sample = bound.dim() == x.dim() and bound.shape[0] == x.shape[0] and x.shape[0] > 1
     try:
         return torch.broadcast_to(bound, x.shape if per_sample else (1, *x.shape[1:])).contiguous()
