@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lrp
-from lrp import benchmark
+from lrp import benchmark, hugepages
 from lrp.benchmark import (
     BASELINE,
     Measurement,
@@ -104,11 +104,17 @@ def test_bench_channels_last_gives_every_method_a_channels_last_input(monkeypatc
     assert "inputs in channels_last memory format" in report([], options, elapsed=1.0).splitlines()[2]
 
 
-def test_workers_inherit_malloc_tunables_and_the_report_names_them(monkeypatch):
+def test_workers_inherit_allocator_settings_and_the_report_names_them(monkeypatch):
+    monkeypatch.delenv(hugepages.ENVIRONMENT_VARIABLE, raising=False)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "67108864")
     assert worker_environment(2)["MALLOC_MMAP_THRESHOLD_"] == "67108864"
     header = report([], argparse.Namespace(threads=2, quick=True), elapsed=1.0).splitlines()[2]
     assert "OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_THRESHOLD_=67108864;" in header
+    monkeypatch.setenv(hugepages.ENVIRONMENT_VARIABLE, "1")
+    assert worker_environment(2)[hugepages.ENVIRONMENT_VARIABLE] == "1"
+    header = report([], argparse.Namespace(threads=2, quick=True), elapsed=1.0).splitlines()[2]
+    assert (f"MALLOC_MMAP_THRESHOLD_=67108864, THP_MEM_ALLOC_ENABLE=1 (kernel transparent huge pages: "
+            f"{hugepages.kernel_mode() or 'none'});") in header
 
 
 def test_table_ratios_are_relative_to_gradient_times_input():

@@ -38,7 +38,9 @@ steals the cores from other processes (and from the other thread of our own pool
 oversubscribes), so timings get slower and noisier; passive waiting lets idle threads sleep.
 Workers inherit the rest of the environment; glibc malloc tunables (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``), which change how often freed memory is returned to the system and
-page-faulted back, are named in the report's header when set.
+page-faulted back, and PyTorch's ``THP_MEM_ALLOC_ENABLE`` (large tensors on huge pages, which the
+``lrp`` command switches on unless it is set: :mod:`lrp.hugepages`) are named in the report's header
+when set.
 
 The architectures (VGG-16 configuration "D", ResNet-50 with bottleneck blocks) are written here,
 not imported from torchvision, so that zennit's torchvision-specific canonizers do not apply.
@@ -62,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from .composites import COMPOSITES
+from .hugepages import ENVIRONMENT_VARIABLE, kernel_mode
 from .models import PaperCNN3d
 
 __all__ = [
@@ -572,8 +575,13 @@ def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
 
 
 def _allocator_settings() -> str:
-    """The glibc malloc tunables that workers inherit from this environment (``MALLOC_*``), as ", K=V"."""
-    return "".join(f", {k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    """The allocator settings that workers inherit from this environment, as ", K=V": glibc malloc tunables
+    (``MALLOC_*``) and PyTorch's huge pages switch, with the kernel's huge page mode (see :mod:`lrp.hugepages`)."""
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    if ENVIRONMENT_VARIABLE in os.environ:
+        settings.append(f"{ENVIRONMENT_VARIABLE}={os.environ[ENVIRONMENT_VARIABLE]} (kernel transparent huge "
+                        f"pages: {kernel_mode() or 'none'})")
+    return "".join(f", {setting}" for setting in settings)
 
 
 def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed: float,

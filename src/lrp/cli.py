@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from . import __version__
 from .commands import SUBCOMMANDS
 from .errors import LRPError
+from .hugepages import enable_huge_pages
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lrp`` command; returns the exit status (2 for bad input, with the reason)."""
+    """Entry point of the ``lrp`` command; returns the exit status (2 for bad input, with the reason). Large CPU
+    tensors go on huge pages unless ``THP_MEM_ALLOC_ENABLE`` says otherwise (see :mod:`lrp.hugepages`)."""
+    enable_huge_pages()
     parser = build_parser()
     options = parser.parse_args(argv)
     if not hasattr(options, "handler"):
