@@ -6,11 +6,10 @@ process, each timed against gradient×input on the same model and input.
 
 Wall times on a shared machine drift by 10-15 % between processes; alternating the two versions
 (and the gradient) run by run in one process cancels most of that, which is how the README's
-before/after figures are measured. Large tensors go on huge pages, as under the ``lrp`` command
-(see ``lrp.hugepages``), unless ``THP_MEM_ALLOC_ENABLE`` is set. The earlier version is unpacked
-with ``git archive`` into a temporary directory and imported as ``lrp_old`` (the package imports
-itself relatively). Prints, per composite, the median time of each version ÷ the median
-gradient×input, and the largest difference of their relevance relative to its maximum.
+before/after figures are measured. The earlier version is unpacked with ``git archive`` into a
+temporary directory and imported as ``lrp_old`` (the package imports itself relatively). Prints,
+per composite, the median time of each version ÷ the median gradient×input, and the largest
+difference of their relevance relative to its maximum.
 """
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ import torch
 
 import lrp
 from lrp.benchmark import _composite_params, _gradient_x_input, build
-from lrp.hugepages import enable_huge_pages
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -78,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy versions of the models (a smoke test)")
     options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
-    enable_huge_pages()  # as the lrp command does (unless THP_MEM_ALLOC_ENABLE is set), before the first tensor
     with tempfile.TemporaryDirectory() as directory:
         old = import_old(options.old, Path(directory))
         model, x = build(options.model, options.batch, quick=options.quick)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lrp import hugepages
+from lrp import benchmark, hugepages
 from lrp.cli import main
 
 SOURCE = str(Path(__file__).resolve().parent.parent / "src")
@@ -43,7 +43,7 @@ def _in_fresh_process(code: str, setting: str | None) -> dict:
 
 ENABLE = """
 import json, os, torch
-from lrp import hugepages
+from lrp import benchmark, hugepages
 {before}
 active = hugepages.enable_huge_pages()
 probe = torch.empty(8 * 2**20, dtype=torch.uint8)
@@ -78,3 +78,12 @@ def test_the_lrp_command_switches_huge_pages_on_unless_set(monkeypatch, capsys):
     monkeypatch.setenv(hugepages.ENVIRONMENT_VARIABLE, "0")
     main([])
     assert os.environ[hugepages.ENVIRONMENT_VARIABLE] == "0"
+
+
+def test_lrp_bench_keeps_the_allocator_unless_asked(monkeypatch):
+    monkeypatch.setattr(benchmark, "main_from_args", lambda options: 0)
+    monkeypatch.delenv(hugepages.ENVIRONMENT_VARIABLE, raising=False)
+    assert main(["bench"]) == 0
+    assert hugepages.ENVIRONMENT_VARIABLE not in os.environ
+    assert main(["bench", "--huge-pages"]) == 0
+    assert os.environ[hugepages.ENVIRONMENT_VARIABLE] == "1"

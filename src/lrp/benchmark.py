@@ -38,9 +38,8 @@ steals the cores from other processes (and from the other thread of our own pool
 oversubscribes), so timings get slower and noisier; passive waiting lets idle threads sleep.
 Workers inherit the rest of the environment; glibc malloc tunables (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``), which change how often freed memory is returned to the system and
-page-faulted back, and PyTorch's ``THP_MEM_ALLOC_ENABLE`` (large tensors on huge pages, which the
-``lrp`` command switches on unless it is set: :mod:`lrp.hugepages`) are named in the report's header
-when set.
+page-faulted back, and PyTorch's ``THP_MEM_ALLOC_ENABLE`` (large tensors on huge pages, which
+``--huge-pages`` switches on: :mod:`lrp.hugepages`) are named in the report's header when set.
 
 The architectures (VGG-16 configuration "D", ResNet-50 with bottleneck blocks) are written here,
 not imported from torchvision, so that zennit's torchvision-specific canonizers do not apply.
@@ -687,6 +686,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give every method its input in channels_last memory format (channels_last_3d for "
                              "the paper model, whose one-channel volume is the same in both formats); the model's "
                              "weights stay as built")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="put large CPU tensors on huge pages in every worker (THP_MEM_ALLOC_ENABLE=1, as the "
+                             "other lrp commands do; see lrp.hugepages); by default the workers keep PyTorch's "
+                             "allocator as the environment sets it")
     parser.add_argument("--output", metavar="FILE",
                         help="also write the report (markdown: method notes and the table) to FILE")
 

@@ -26,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lrp`` command; returns the exit status (2 for bad input, with the reason). Large CPU
-    tensors go on huge pages unless ``THP_MEM_ALLOC_ENABLE`` says otherwise (see :mod:`lrp.hugepages`)."""
-    enable_huge_pages()
+    tensors go on huge pages unless ``THP_MEM_ALLOC_ENABLE`` says otherwise (see :mod:`lrp.hugepages`), except
+    in ``lrp bench`` without ``--huge-pages``."""
     parser = build_parser()
     options = parser.parse_args(argv)
+    if getattr(options, "huge_pages", True):
+        enable_huge_pages()  # before the subcommand makes its first tensor
     if not hasattr(options, "handler"):
         parser.print_help()
         return 2

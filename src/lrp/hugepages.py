@@ -9,9 +9,14 @@ and a million per gradient, half of their time on this project's CPU machine.
 PyTorch's CPU allocator can place every tensor of 2 MiB or more on 2 MiB pages instead (page-aligned,
 and ``madvise(MADV_HUGEPAGE)``), when the environment variable ``THP_MEM_ALLOC_ENABLE`` is 1: a fault per
 2 MiB instead of per 4 KiB. PyTorch reads the variable once, at the process's first CPU tensor of any
-size, so :func:`enable_huge_pages` works only before that; the ``lrp`` command calls it first thing. Needs Linux with
-transparent huge pages set to ``madvise`` or ``always`` (``/sys/kernel/mm/transparent_hugepage/enabled``);
-elsewhere nothing changes.
+size, so :func:`enable_huge_pages` works only before that. The ``lrp`` command calls it before its subcommand
+runs (``lrp bench`` only with ``--huge-pages``). Needs Linux with transparent huge pages set to ``madvise``
+or ``always`` (``/sys/kernel/mm/transparent_hugepage/enabled``); elsewhere nothing changes.
+
+Where it helps: 3D volumes, whose activations are hundreds of MiB (the paper's model, gradient and every
+composite: about twice as fast, in the same memory). 2D networks at 224×224 keep most tensors under 32 MiB,
+in malloc's heap, and gain nothing; ResNet-50 at batch 8 ran up to 15 % slower and noisier in single runs,
+as the kernel compacts memory to find free huge pages.
 """
 from __future__ import annotations
 
