@@ -336,6 +336,8 @@ class Gamma(Rule):
         each one fused pass, clamped to at least ε/γ where no relevance is divided by it. The shares go
         through ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W = −(W + γW⁻)/γ``, made from W⁺. With a folded BatchNorm
         of positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`)."""
+        if layer.z_rectified:
+            return self._rectified_output(layer, relevance)
         gamma, x = self.gamma, layer.x
         r_up, r_down = _split_by_sign(relevance, layer)
         inverse = layer.inverse_scale()
@@ -361,6 +363,34 @@ class Gamma(Rule):
         pairs = [(s_up, w_up), (s_down, w_down)]
         del s_up, s_down, w_up, w_down  # pairs holds the only references: freed one by one
         return layer.transpose_sum(pairs).mul_(x)
+
+
+    def _rectified_output(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        """x ≥ 0 and z rectified (``relu(z)``, see ``Trace.rectify``): relevance reaches only outputs z > 0,
+        whose denominator is ``d = z + γP = (W + γW⁺)x + b + γb⁺ > 0``. ``W + γW⁺ = (1 + γ)·L`` with
+        ``L = leaky_relu(W, 1/(1 + γ))``, one pass over the weight, so one layer call with L and bias
+        ``leaky_relu(b, 1/(1 + γ)) + ε/(1 + γ)`` gives ``stab(d)/(1 + γ)``, and the shares go back through L
+        itself: z is never read. Clamped to at least ε/(1 + γ) where no relevance is divided by it (outputs
+        z ≤ 0). With a folded BatchNorm of positive scale s, all of it before the scale (see
+        :meth:`LayerCall.inverse_scale`)."""
+        slope = 1 / (1 + self.gamma)
+        inverse = layer.inverse_scale()
+        lowered = layer.modified(_leaky(slope), scaled=inverse is None)
+        layer.release("z", "weight")
+        denominator = _forward_shifted(layer, layer.x, lowered, _leaky(slope), self.stabilizer * slope, inverse)
+        s = torch.div(relevance, denominator.clamp_min_(_scaled_like(layer, self.stabilizer * slope, inverse)),
+                      out=denominator)
+        del denominator
+        return layer.transpose(s, lowered).mul_(layer.x)
+
+
+def _leaky(slope: float) -> Callable[..., Tensor]:
+    """The weight modification ``(w, out) ↦ leaky_relu(w, slope)``: w where w ≥ 0, slope·w elsewhere (into
+    ``out`` when given)."""
+    def modify(w: Tensor, out: Tensor | None = None) -> Tensor:
+        return torch.nn.functional.leaky_relu(w, slope) if out is None else \
+            torch.ops.aten.leaky_relu.out(w, slope, out=out)
+    return modify
 
 
 def _added_to(base: Tensor, factor: float) -> Callable[[Tensor, Tensor | None], Tensor]:
