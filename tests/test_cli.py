@@ -104,6 +104,17 @@ def test_bench_channels_last_gives_every_method_a_channels_last_input(monkeypatc
     assert "inputs in channels_last memory format" in report([], options, elapsed=1.0).splitlines()[2]
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_fast_configurations_get_more_timed_runs_within_the_budget(monkeypatch, quick):
+    """Beyond the --repeats minimum, runs continue for TIMED_SECONDS (up to TIMED_MAX_RUNS); not with --quick."""
+    quick_build = benchmark.build
+    monkeypatch.setattr(benchmark, "build", lambda model, batch, _: quick_build(model, batch, True))
+    spec = {"model": "resnet50", "batch": 1, "method": BASELINE, "repeats": 2, "threads": torch.get_num_threads(),
+            "quick": quick, "channels_last": False}
+    runs = len(benchmark._worker(json.dumps(spec))["times"])
+    assert runs == 2 if quick else 2 < runs <= benchmark.TIMED_MAX_RUNS
+
+
 def test_workers_inherit_allocator_settings_and_the_report_names_them(monkeypatch):
     monkeypatch.delenv(hugepages.ENVIRONMENT_VARIABLE, raising=False)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "67108864")

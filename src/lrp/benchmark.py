@@ -7,7 +7,9 @@ seed) and the input, then runs the explanation:
   ``WARMUP_SECONDS`` have passed or ``WARMUP_MAX_RUNS`` ran (lazy imports, kernel selection, and the
   allocator: glibc needs about ten calls before the temporaries of a call stop costing page faults;
   explaining many inputs in one process is the steady state this measures, for every method alike);
-- ``repeats`` timed runs; the table shows the median wall time (``time.perf_counter``) and the
+- at least ``repeats`` timed runs, then more until ``TIMED_SECONDS`` have passed or ``TIMED_MAX_RUNS``
+  ran (not with ``--quick``), so that configurations of a tenth of a second get a median of many
+  runs instead of three; the table shows the median wall time (``time.perf_counter``) and the
   median CPU time of the process (``time.process_time``, all threads). On a machine shared with
   other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
   are the steadier comparison;
@@ -374,6 +376,7 @@ def _zennit_merge_note(model: nn.Module) -> str:
 
 
 WARMUP_MIN_RUNS, WARMUP_MAX_RUNS, WARMUP_SECONDS = 2, 10, 5.0
+TIMED_MAX_RUNS, TIMED_SECONDS = 25, 3.0
 
 
 def warm_up(run: Callable[[], object]) -> int:
@@ -398,7 +401,8 @@ def _worker(spec_json: str) -> dict:
     note = _zennit_merge_note(model) if spec["method"].startswith("zennit:") else ""
     warm_up(lambda: method(model, x, target))
     times, cpu_times = [], []
-    for _ in range(spec["repeats"]):
+    budget = 0.0 if spec["quick"] else TIMED_SECONDS
+    while len(times) < spec["repeats"] or (len(times) < TIMED_MAX_RUNS and sum(times) < budget):
         start, start_cpu = time.perf_counter(), time.process_time()
         method(model, x, target)
         times.append(time.perf_counter() - start)
@@ -599,7 +603,9 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
            "share the machine when it exceeds the thread count)." if load else "."),
         "",
         f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; "
-        f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs (column *runs*); *median time* is their median "
+        f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs "
+        f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s); "
+        "*median time* is their median "
         "wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
         "when other jobs load the machine).",
         "- *extra peak memory*: peak RSS during one untimed run after the timed ones (VmHWM, reset to the "
@@ -676,8 +682,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-zennit", dest="zennit", action="store_false",
                         help="skip zennit's equivalent composites")
     parser.add_argument("--repeats", type=_positive, default=None,
-                        help="timed runs per configuration, after the warm-up runs (default: 3, 2 for vgg16 with "
-                             "batch > 1; 1 with --quick)")
+                        help="timed runs per configuration at least, after the warm-up runs; more follow within "
+                             f"{TIMED_SECONDS:.0f} s, up to {TIMED_MAX_RUNS} (default: 3, 2 for vgg16 with batch > 1; "
+                             "1 and no more with --quick)")
     parser.add_argument("--threads", type=_positive, default=2,
                         help="torch intra-op threads per worker process (default: 2)")
     parser.add_argument("--quick", action="store_true",
