@@ -335,7 +335,8 @@ class Gamma(Rule):
         call with bias ``b⁺ + ε/γ``: ``stab(d_up) = γ·(P' + z/γ)`` and ``−stab(d_down) = γ·(P' − (1 + 1/γ)·z)``,
         each one fused pass, clamped to at least ε/γ where no relevance is divided by it. The shares go
         through ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W = −(W + γW⁻)/γ``, made from W⁺. With a folded BatchNorm
-        of positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`)."""
+        of positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`). A
+        rectified z needs none of this (:meth:`_rectified_output`)."""
         if layer.z_rectified:
             return self._rectified_output(layer, relevance)
         gamma, x = self.gamma, layer.x
@@ -363,7 +364,6 @@ class Gamma(Rule):
         pairs = [(s_up, w_up), (s_down, w_down)]
         del s_up, s_down, w_up, w_down  # pairs holds the only references: freed one by one
         return layer.transpose_sum(pairs).mul_(x)
-
 
     def _rectified_output(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         """x ≥ 0 and z rectified (``relu(z)``, see ``Trace.rectify``): relevance reaches only outputs z > 0,
