@@ -604,9 +604,9 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         "",
         f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; "
         f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs "
-        f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s); "
-        "*median time* is their median "
-        "wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
+        + ("(column *runs*); " if options.quick else
+           f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s); ")
+        + "*median time* is their median wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
         "when other jobs load the machine).",
         "- *extra peak memory*: peak RSS during one untimed run after the timed ones (VmHWM, reset to the "
         "current RSS just before it via /proc/self/clear_refs, after gc and malloc_trim) minus the RSS before "
