@@ -43,7 +43,7 @@ def _in_fresh_process(code: str, setting: str | None) -> dict:
 
 ENABLE = """
 import json, os, torch
-from lrp import benchmark, hugepages
+from lrp import hugepages
 {before}
 active = hugepages.enable_huge_pages()
 probe = torch.empty(8 * 2**20, dtype=torch.uint8)
@@ -71,7 +71,7 @@ def test_enable_after_a_tensor_is_too_late_and_says_so():
     assert result["active"] is False and result["page_aligned"] is False
 
 
-def test_the_lrp_command_switches_huge_pages_on_unless_set(monkeypatch, capsys):
+def test_the_lrp_command_switches_huge_pages_on_unless_set(monkeypatch):
     monkeypatch.delenv(hugepages.ENVIRONMENT_VARIABLE, raising=False)
     assert main([]) == 2  # no subcommand: help
     assert os.environ[hugepages.ENVIRONMENT_VARIABLE] == "1"

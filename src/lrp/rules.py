@@ -374,12 +374,12 @@ class Gamma(Rule):
         z ≤ 0). With a folded BatchNorm of positive scale s, all of it before the scale (see
         :meth:`LayerCall.inverse_scale`)."""
         slope = 1 / (1 + self.gamma)
+        lowering, shift = _leaky(slope), self.stabilizer * slope
         inverse = layer.inverse_scale()
-        lowered = layer.modified(_leaky(slope), scaled=inverse is None)
+        lowered = layer.modified(lowering, scaled=inverse is None)
         layer.release("z", "weight")
-        denominator = _forward_shifted(layer, layer.x, lowered, _leaky(slope), self.stabilizer * slope, inverse)
-        s = torch.div(relevance, denominator.clamp_min_(_scaled_like(layer, self.stabilizer * slope, inverse)),
-                      out=denominator)
+        denominator = _forward_shifted(layer, layer.x, lowered, lowering, shift, inverse)
+        s = torch.div(relevance, denominator.clamp_min_(_scaled_like(layer, shift, inverse)), out=denominator)
         del denominator
         return layer.transpose(s, lowered).mul_(layer.x)
 
