@@ -87,6 +87,12 @@ def test_workers_wait_passively_with_the_chosen_threads():
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "3"
 
 
+def _spec(**fields) -> str:
+    spec = {"model": "resnet50", "batch": 1, "repeats": 1, "threads": torch.get_num_threads(), "quick": True,
+            "channels_last": False}
+    return json.dumps({**spec, **fields})
+
+
 @pytest.mark.parametrize("model, memory_format", [("resnet50", torch.channels_last),
                                                    ("paper", torch.channels_last_3d)])
 def test_bench_channels_last_gives_every_method_a_channels_last_input(monkeypatch, model, memory_format):
@@ -96,23 +102,57 @@ def test_bench_channels_last_gives_every_method_a_channels_last_input(monkeypatc
         formats.append(x.is_contiguous(memory_format=memory_format))  # one channel (paper): both formats
         return benchmark._gradient_x_input(net, x, target)
     monkeypatch.setattr(benchmark, "_method", lambda name: method)
-    spec = {"model": model, "batch": 2, "method": BASELINE, "repeats": 1, "threads": torch.get_num_threads(),
-            "quick": True, "channels_last": True}
-    benchmark._worker(json.dumps(spec))
-    assert formats and all(formats)
+    benchmark._timing_worker(_spec(model=model, batch=2, channels_last=True, methods=[BASELINE]))
+    benchmark._memory_worker(_spec(model=model, batch=2, channels_last=True, method=BASELINE))
+    assert len(formats) > benchmark.WARMUP_MIN_RUNS * 2 and all(formats)
     options = argparse.Namespace(threads=2, quick=True, channels_last=True)
     assert "inputs in channels_last memory format" in report([], options, elapsed=1.0).splitlines()[2]
 
 
 @pytest.mark.parametrize("quick", [True, False])
-def test_fast_configurations_get_more_timed_runs_within_the_budget(monkeypatch, quick):
-    """Beyond the --repeats minimum, runs continue for TIMED_SECONDS (up to TIMED_MAX_RUNS); not with --quick."""
+def test_fast_configurations_get_more_timed_rounds_within_the_budget(monkeypatch, quick):
+    """Beyond the --repeats minimum, rounds continue for TIMED_SECONDS per method (up to TIMED_MAX_RUNS); not with
+    --quick. Every method runs once per round."""
     quick_build = benchmark.build
     monkeypatch.setattr(benchmark, "build", lambda model, batch, _: quick_build(model, batch, True))
-    spec = {"model": "resnet50", "batch": 1, "method": BASELINE, "repeats": 2, "threads": torch.get_num_threads(),
-            "quick": quick, "channels_last": False}
-    runs = len(benchmark._worker(json.dumps(spec))["times"])
-    assert runs == 2 if quick else 2 < runs <= benchmark.TIMED_MAX_RUNS
+    timings = benchmark._timing_worker(_spec(repeats=2, quick=quick, methods=[BASELINE, "lrp:epsilon"]))
+    runs = {len(timing["times"]) for timing in timings.values()}
+    assert len(runs) == 1 and all(len(timing["cpu_times"]) in runs for timing in timings.values())
+    assert runs == {2} if quick else 2 < runs.pop() <= benchmark.TIMED_MAX_RUNS
+
+
+def test_timed_rounds_take_the_methods_in_turn_and_go_on_without_a_failing_one(monkeypatch):
+    calls = []
+
+    def method(name):
+        def run(net, x, target):
+            calls.append(name)
+            if name == "broken" or (name == "late" and calls.count("late") > benchmark.WARMUP_MAX_RUNS + 1):
+                raise RuntimeError(f"{name}: no rule for this layer\nsecond line")
+        return run
+    monkeypatch.setattr(benchmark, "_method", method)
+    timings = benchmark._timing_worker(_spec(repeats=3, methods=["a", "broken", "b", "late", "c"]))
+    # after the warm-up runs, three rounds, each starting one method later; "late" fails in the second
+    assert calls[-11:] == ["a", "b", "late", "c", "b", "late", "c", "a", "c", "a", "b"]
+    assert timings["broken"] == {"times": [], "cpu_times": [], "error": "RuntimeError: broken: no rule for this layer"}
+    assert timings["late"]["error"] == "RuntimeError: late: no rule for this layer"
+    assert all(len(timings[name]["times"]) == 3 and not timings[name]["error"] for name in "abc")
+
+
+def test_a_method_that_fails_its_timing_is_reported_and_not_measured_again(monkeypatch):
+    workers = []
+
+    def run_worker(worker, spec, timeout):
+        workers.append((worker, spec.get("method")))
+        if worker == "times":
+            return {"gradient×input": {"times": [1.0], "cpu_times": [1.0], "error": ""},
+                    "lrp:zero": {"times": [], "cpu_times": [], "error": "NonFiniteError: relevance became NaN"}}, ""
+        return {"base_mib": 1.0, "peak_mib": 3.0, "sum_ratio": 1.0, "live_mib": 2.0, "note": ""}, ""
+    monkeypatch.setattr(benchmark, "_run_worker", run_worker)
+    results = benchmark.measure("vgg16", 1, [BASELINE, "lrp:zero"], repeats=1, threads=1, quick=True)
+    assert workers == [("times", None), ("memory", BASELINE)]
+    assert results[0].median == 1.0 and results[0].extra_mib == 2.0 and not results[0].error
+    assert results[1].error == "NonFiniteError: relevance became NaN" and results[1].extra_mib is None
 
 
 def test_workers_inherit_allocator_settings_and_the_report_names_them(monkeypatch):

@@ -1,26 +1,32 @@
 """Engine benchmark: wall time and peak memory of LRP composites next to gradient×input and zennit.
 
-For every (model, batch, method) a fresh Python process builds the model (random weights, fixed
-seed) and the input, then runs the explanation:
+For every (model, batch) one fresh Python process builds the model (random weights, fixed seed)
+and the input, and times every method on them:
 
-- untimed warm-up runs on the whole batch: at least ``WARMUP_MIN_RUNS``, then more until
-  ``WARMUP_SECONDS`` have passed or ``WARMUP_MAX_RUNS`` ran (lazy imports, kernel selection, and the
-  allocator: glibc needs about ten calls before the temporaries of a call stop costing page faults;
-  explaining many inputs in one process is the steady state this measures, for every method alike);
-- at least ``repeats`` timed runs, then more until ``TIMED_SECONDS`` have passed or ``TIMED_MAX_RUNS``
-  ran (not with ``--quick``), so that configurations of a tenth of a second get a median of many
-  runs instead of three; the table shows the median wall time (``time.perf_counter``) and the
-  median CPU time of the process (``time.process_time``, all threads). On a machine shared with
-  other jobs the wall time depends on their load; CPU time hardly does, so the CPU-time ratios
-  are the steadier comparison;
-- one more run measures memory (RSS): after ``gc.collect()`` and ``malloc_trim(0)`` the process's
-  peak resident set size (``VmHWM``) is reset to the current RSS (``echo 5 > /proc/self/clear_refs``,
-  Linux ≥ 4.0); the extra memory is ``VmHWM`` after the run minus ``VmRSS`` before it, i.e.
-  everything the explanation holds at its peak beyond model and input (activations, saved tensors,
-  rule intermediates, the relevance itself). A fresh process per configuration keeps one method's
-  cached allocations from hiding the next one's peak. Its relevance gives the column ΣR / logit.
-  It is not timed: ``malloc_trim`` has returned the warm heap to the system, so this run faults all
-  of its memory back in, which is not the steady state the timed runs measure;
+- untimed warm-up runs of each method on the whole batch: at least ``WARMUP_MIN_RUNS``, then more
+  until ``WARMUP_SECONDS`` have passed or ``WARMUP_MAX_RUNS`` ran (lazy imports, kernel selection,
+  and the allocator: glibc needs about ten calls before the temporaries of a call stop costing page
+  faults; explaining many inputs in one process is the steady state this measures, for every method
+  alike);
+- timed rounds, each running every method once, a different method first in each round: at least
+  ``repeats`` rounds, then more until ``TIMED_SECONDS`` per method have passed or ``TIMED_MAX_RUNS``
+  rounds ran (not with ``--quick``). Taking the methods in turn gives each the same share of the
+  machine's changing load, so their ratios to gradient×input stay put when other jobs come and go
+  (timed in separate processes one after another, ResNet-50 batch 8 ``epsilon`` took 1.12× the
+  gradient in one run and 1.31× in another, same code). The table shows the median wall time (``time.perf_counter``) and the
+  median CPU time of the process (``time.process_time``, all threads);
+
+then each method runs once more in a fresh process of its own, for memory, after
+``WARMUP_MIN_RUNS`` untimed runs (a fresh process keeps one method's cached allocations from
+hiding the next one's peak):
+
+- one run measures the resident memory (RSS): after ``gc.collect()`` and ``malloc_trim(0)`` the
+  process's peak resident set size (``VmHWM``) is reset to the current RSS (``echo 5 >
+  /proc/self/clear_refs``, Linux ≥ 4.0); the extra memory is ``VmHWM`` after the run minus
+  ``VmRSS`` before it, i.e. everything the explanation holds at its peak beyond model and input
+  (activations, saved tensors, rule intermediates, the relevance itself). Its relevance gives the
+  column ΣR / logit. (``malloc_trim`` has returned the warm heap to the system, so this run faults
+  all of its memory back in: it is no timing run);
 - one more run under ``torch.profiler`` with ``profile_memory=True`` gives the peak of the bytes held
   by live tensors (every allocation and free in time order, :func:`live_peak_mib`): what
   ``torch.cuda.max_memory_allocated`` would report on a GPU. The RSS also counts freed memory that
@@ -388,33 +394,71 @@ def warm_up(run: Callable[[], object]) -> int:
     return runs
 
 
-def _worker(spec_json: str) -> dict:
-    """Measure one configuration (see the module docstring); runs in its own process."""
-    spec = json.loads(spec_json)
+def _setup(spec: dict) -> tuple[nn.Module, Tensor, Tensor]:
+    """The worker's model, input (in channels_last memory format if asked) and explained classes (N,)."""
     torch.set_num_threads(spec["threads"])
     model, x = build(spec["model"], spec["batch"], spec["quick"])
     if spec["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     with torch.no_grad():
         target = model(x).argmax(1)
+    return model, x, target
+
+
+def _error_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _timing_worker(spec_json: str) -> dict:
+    """Time every method of one (model, batch) in turn, in one process (see the module docstring): returns
+    per method its wall and CPU times (s) and an error line if it failed."""
+    spec = json.loads(spec_json)
+    model, x, target = _setup(spec)
+    results = {method: {"times": [], "cpu_times": [], "error": ""} for method in spec["methods"]}
+    runs = {}
+    for name in spec["methods"]:
+        method = _method(name)
+        try:
+            warm_up(lambda method=method: method(model, x, target))
+        except Exception as error:  # noqa: BLE001 - reported in the table, the other methods go on
+            results[name]["error"] = _error_line(error)
+            continue
+        runs[name] = method
+    budget = 0.0 if spec["quick"] else TIMED_SECONDS * len(runs)
+    rounds, spent = 0, 0.0
+    while runs and (rounds < spec["repeats"] or (rounds < TIMED_MAX_RUNS and spent < budget)):
+        order = list(runs)
+        for name in order[rounds % len(order):] + order[:rounds % len(order)]:  # each method first in turn
+            start, start_cpu = time.perf_counter(), time.process_time()
+            try:
+                runs[name](model, x, target)
+            except Exception as error:  # noqa: BLE001
+                results[name]["error"] = _error_line(error)
+                del runs[name]
+                continue
+            results[name]["times"].append(time.perf_counter() - start)
+            results[name]["cpu_times"].append(time.process_time() - start_cpu)
+            spent += results[name]["times"][-1]
+        rounds += 1
+    return results
+
+
+def _memory_worker(spec_json: str) -> dict:
+    """Measure the memory of one method (see the module docstring); runs in its own process."""
+    spec = json.loads(spec_json)
+    model, x, target = _setup(spec)
     method = _method(spec["method"])
     note = _zennit_merge_note(model) if spec["method"].startswith("zennit:") else ""
-    warm_up(lambda: method(model, x, target))
-    times, cpu_times = [], []
-    budget = 0.0 if spec["quick"] else TIMED_SECONDS
-    while len(times) < spec["repeats"] or (len(times) < TIMED_MAX_RUNS and sum(times) < budget):
-        start, start_cpu = time.perf_counter(), time.process_time()
+    for _ in range(WARMUP_MIN_RUNS):
         method(model, x, target)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - start_cpu)
-    _release_free_memory()  # after the timed runs: the first run after it faults its whole heap back in
+    _release_free_memory()  # the first run after it faults its whole heap back in
     base = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
     relevance, logits = method(model, x, target)
     peak = _proc_status_mib("VmHWM") if base is not None else None
     explained = logits.gather(1, target[:, None]).squeeze(1)
     ratio = (relevance.flatten(1).sum(1) / explained).mean().item()
     del relevance, logits
-    return {"times": times, "cpu_times": cpu_times, "base_mib": base, "peak_mib": peak, "sum_ratio": ratio,
+    return {"base_mib": base, "peak_mib": peak, "sum_ratio": ratio,
             "live_mib": live_peak_mib(lambda: method(model, x, target)), "note": note}
 
 
@@ -437,8 +481,12 @@ def live_peak_mib(run: Callable[[], object]) -> float:
     return peak / 2**20
 
 
+_WORKERS = {"times": _timing_worker, "memory": _memory_worker}
+
+
 def _worker_main() -> None:
-    result = _worker(sys.argv[1])
+    """Entry of a worker process: ``argv[1]`` names the worker (a key of ``_WORKERS``), ``argv[2]`` is its spec."""
+    result = _WORKERS[sys.argv[1]](sys.argv[2])
     print(_RESULT_MARK + json.dumps(result), flush=True)
 
 
@@ -484,28 +532,45 @@ def worker_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def measure(model: str, batch: int, method: str, *, repeats: int, threads: int, quick: bool,
-            channels_last: bool = False, timeout: float | None = None) -> Measurement:
-    """Run one configuration in a fresh Python process; failures are recorded, not raised. ``channels_last``
-    gives the method its input in that memory format (channels_last_3d for 5-D inputs)."""
-    spec = json.dumps({"model": model, "batch": batch, "method": method, "repeats": repeats, "threads": threads,
-                       "quick": quick, "channels_last": channels_last})
+def _run_worker(worker: str, spec: dict, timeout: float | None) -> tuple[dict | None, str]:
+    """Run a worker (a key of ``_WORKERS``) in a fresh Python process: its result, or None and an error line."""
     code = "from lrp.benchmark import _worker_main; _worker_main()"
-    result = Measurement(model, batch, method)
     try:
-        done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
-                              env=worker_environment(threads), timeout=timeout)
+        done = subprocess.run([sys.executable, "-c", code, worker, json.dumps(spec)], capture_output=True,
+                              text=True, env=worker_environment(spec["threads"]), timeout=timeout)
     except subprocess.TimeoutExpired:
-        result.error = f"timed out after {timeout:.0f} s"
-        return result
+        return None, f"timed out after {timeout:.0f} s"
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith(_RESULT_MARK)), None)
     if done.returncode != 0 or line is None:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-        result.error = lines[-1] if lines else f"worker exited with status {done.returncode}"
-        return result
-    for key, value in json.loads(line[len(_RESULT_MARK):]).items():
-        setattr(result, key, value)
-    return result
+        return None, lines[-1] if lines else f"worker exited with status {done.returncode}"
+    return json.loads(line[len(_RESULT_MARK):]), ""
+
+
+def measure(model: str, batch: int, methods: Sequence[str], *, repeats: int, threads: int, quick: bool,
+            channels_last: bool = False, timeout: float | None = None,
+            progress: Callable[[Measurement], None] | None = None) -> list[Measurement]:
+    """Measure the methods on one (model, batch): their times in one process, taken in turn, then the memory
+    of each in a fresh process of its own (see the module docstring); ``progress`` gets each finished
+    measurement. Failures are recorded, not raised. ``channels_last`` gives the methods their input in that
+    memory format (channels_last_3d for 5-D inputs)."""
+    spec = {"model": model, "batch": batch, "repeats": repeats, "threads": threads, "quick": quick,
+            "channels_last": channels_last}
+    timings, error = _run_worker("times", {**spec, "methods": list(methods)}, timeout)
+    results = []
+    for method in methods:
+        result = Measurement(model, batch, method, error=error)
+        if timings is not None:
+            for key, value in timings[method].items():
+                setattr(result, key, value)
+        if not result.error:
+            memory, result.error = _run_worker("memory", {**spec, "method": method}, timeout)
+            for key, value in (memory or {}).items():
+                setattr(result, key, value)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
 
 
 def methods_for(composites: Sequence[str], zennit: bool) -> list[str]:
@@ -520,20 +585,22 @@ def methods_for(composites: Sequence[str], zennit: bool) -> list[str]:
 
 def run(options: argparse.Namespace, progress: Callable[[str], None] | None = None) -> list[Measurement]:
     """Measure every configuration the options ask for, in order; ``progress`` gets one line each."""
-    results = []
+    results: list[Measurement] = []
     methods = methods_for(options.methods, options.zennit)
-    plan = [(model, batch, method) for model in options.models
-            for batch in getattr(options, MODELS[model].batches_option) for method in methods]
-    for step, (model, batch, method) in enumerate(plan, start=1):
-        repeats = options.repeats or (1 if options.quick else MODELS[model].repeats(batch))
-        result = measure(model, batch, method, repeats=repeats, threads=options.threads, quick=options.quick,
-                         channels_last=options.channels_last)
+    plan = [(model, batch) for model in options.models for batch in getattr(options, MODELS[model].batches_option)]
+    total = len(plan) * len(methods)
+
+    def report_progress(result: Measurement) -> None:
         results.append(result)
         if progress is not None:
             outcome = result.error or f"median {result.median:.3f} s, extra peak " + (
                 f"{result.extra_mib:.0f} MiB" if result.extra_mib is not None else "n/a") + (
                 f", live tensor peak {result.live_mib:.0f} MiB" if result.live_mib is not None else "")
-            progress(f"[{step}/{len(plan)}] {model} batch {batch} {method}: {outcome}")
+            progress(f"[{len(results)}/{total}] {result.model} batch {result.batch} {result.method}: {outcome}")
+    for model, batch in plan:
+        repeats = options.repeats or (1 if options.quick else MODELS[model].repeats(batch))
+        measure(model, batch, methods, repeats=repeats, threads=options.threads, quick=options.quick,
+                channels_last=options.channels_last, progress=report_progress)
     return results
 
 
@@ -602,15 +669,17 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         + (f"; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs "
            "share the machine when it exceeds the thread count)." if load else "."),
         "",
-        f"- Each row is a fresh Python process: build model (random weights, seed 0) and input; "
-        f"{WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} untimed warm-up runs ({WARMUP_SECONDS:.0f} s budget); then the timed runs "
+        f"- Per model and batch, one fresh Python process builds model (random weights, seed 0) and input, runs "
+        f"each method {WARMUP_MIN_RUNS}–{WARMUP_MAX_RUNS} times untimed ({WARMUP_SECONDS:.0f} s budget each), then "
+        "times the methods in turn, a different one first in each round "
         + ("(column *runs*); " if options.quick else
-           f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s); ")
-        + "*median time* is their median wall time, *median CPU* their median CPU time (all threads of the process; steadier than wall time "
-        "when other jobs load the machine).",
-        "- *extra peak memory*: peak RSS during one untimed run after the timed ones (VmHWM, reset to the "
-        "current RSS just before it via /proc/self/clear_refs, after gc and malloc_trim) minus the RSS before "
-        "it (model, input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
+           f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s "
+           "per method); ")
+        + "*median time* is their median wall time, *median CPU* their median CPU time (all threads of the "
+        "process). Taken in turn, every method gets the same share of the machine's changing load.",
+        f"- *extra peak memory*: each method in a fresh process of its own, after {WARMUP_MIN_RUNS} untimed runs: "
+        "peak RSS during one more run (VmHWM, reset to the current RSS just before it via /proc/self/clear_refs, "
+        "after gc and malloc_trim) minus the RSS before it (model, input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
         "run, from torch.profiler's allocation records (what torch.cuda.max_memory_allocated reports on a "
         "GPU; the RSS also counts freed memory that malloc keeps). Ratios are to gradient×input of the same "
         "model and batch.",
