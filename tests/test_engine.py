@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import lrp
+from lrp import interception
+from lrp.canonizers import RunningStatistics, batch_norm_affine, positive_everywhere, running_affines
 from lrp.composites import Normalization, Pooling, Sum, Weighted
 from lrp.engine import all_finite
 from lrp.errors import NonFiniteError, TargetError, UnsupportedOperationError
+from lrp.layers import LayerCall
 from lrp.rules import Epsilon, Rule, Zero
 
 DT = torch.float64
@@ -567,6 +570,68 @@ def test_folded_batch_norm_equals_merged_weights_for_sign_splitting_rules(
     merged = nn.Sequential(_merged(producer, bn), nn.ReLU(), nn.Flatten(), head).eval()
     close(lrp.explain(with_norm, x, composite=composite).relevance,
           lrp.explain(merged, x, composite=composite).relevance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_norm_maps_made_together_equal_those_made_one_by_one(dtype: torch.dtype) -> None:
+    """canonizers.running_affines (multi-tensor ops over all BatchNorms of a forward) gives the same bits as
+    batch_norm_affine per BatchNorm, with and without weight and bias, for float32 statistics too."""
+    torch.manual_seed(0)
+    layers = [RunningStatistics(torch.randn(c), torch.rand(c) + 0.1, torch.randn(c) if w else None,
+                                torch.randn(c) if b else None, eps, dtype)
+              for c, w, b, eps in [(300, True, True, 1e-5), (5, False, True, 1e-3), (64, True, False, 1e-5),
+                                   (2, False, False, 0.1)]]
+    for layer, (scale, shift) in zip(layers, running_affines(layers), strict=True):
+        expected = batch_norm_affine(torch.zeros(1, len(layer.mean), dtype=dtype), layer.mean, layer.var,
+                                     layer.weight, layer.bias, False, layer.eps)
+        assert scale.dtype == shift.dtype == dtype
+        assert torch.equal(scale, expected[0]) and torch.equal(shift, expected[1])
+    assert running_affines([]) == []
+
+
+def test_positive_everywhere_flags_each_tensor_with_a_non_positive_denormal_or_nan_entry() -> None:
+    tensors = [torch.tensor([1.0, 2.0]), torch.tensor([1.0, -1.0]), torch.tensor([3.0], dtype=DT),
+               torch.tensor([0.5, float("nan")]), torch.tensor([1e-310, 1.0], dtype=DT), torch.tensor([0.0]),
+               torch.tensor([1e-30])]
+    assert positive_everywhere(tensors) == [True, False, True, False, False, False, True]
+    assert positive_everywhere([]) == []
+
+
+def test_folded_scales_are_checked_for_positivity_once_per_forward(monkeypatch) -> None:
+    """The trace finds which folded BatchNorm scales are positive everywhere for all BatchNorms at once, after
+    the forward (one wait for a GPU), and the rules' LayerCall.inverse_scale takes that answer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 2)).to(DT).eval()
+    for bn in (model[1], model[4], model[7]):
+        _randomize_batch_norm(bn)
+    with torch.no_grad():
+        model[4].weight[2] = -0.5
+    checks, seen = [], []
+    counted = interception.positive_everywhere
+
+    def positive_everywhere_counted(tensors):
+        checks.append(len(tensors))
+        return counted(tensors)
+    monkeypatch.setattr(interception, "positive_everywhere", positive_everywhere_counted)
+    inverse_scale = LayerCall.inverse_scale
+
+    def inverse_scale_seen(self):
+        result = inverse_scale(self)
+        seen.append((self.scale_positive, result is None))
+        return result
+    monkeypatch.setattr(LayerCall, "inverse_scale", inverse_scale_seen)
+    x = torch.rand(2, 2, 6, 6, dtype=DT)
+    lrp.explain(model, x, composite="alpha2-beta1")
+    assert checks == [3]
+    # backward order: the dense layer (nothing folded), then the convolutions from the last
+    assert seen == [(None, True), (True, False), (False, True), (True, False)]
+    expected = lrp.explain(model, x, composite="alpha2-beta1").relevance
+    seen.clear()  # told that no scale is positive, the rules fold every scale into the weight: same relevance
+    monkeypatch.setattr(interception, "positive_everywhere", lambda tensors: [False] * len(tensors))
+    close(lrp.explain(model, x, composite="alpha2-beta1").relevance, expected)
+    assert seen == [(None, True), (False, True), (False, True), (False, True)]
 
 
 def test_batch_norm_after_relu_is_its_own_affine_layer() -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.overrides import resolve_name
 
 from . import composites as families
-from .canonizers import batch_norm_affine
+from .canonizers import RunningStatistics, batch_norm_affine
 from .composites import Family
 from .layers import Activation, Convolution, Dense, LinearMap, ParameterFree, times_relu
 from .nodes import (
@@ -168,16 +168,18 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     a = {name: _argument(args, kwargs, position, name)
          for position, name in enumerate(_BATCH_NORM_PARAMETERS[func], start=1)}
     training, eps = _argument(args, kwargs, 5, "training", False), _argument(args, kwargs, 7, "eps", 1e-5)
-    scale, shift = batch_norm_affine(x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"],
-                                     training, eps)
-    record = BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op),
-                              scale.detach(), shift.detach())
+    record = BatchNormRecord(trace, trace.next_index(), trace.name, trace.rule(families.Normalization, op))
+    if training or a["running_mean"] is None or a["running_var"] is None:  # batch statistics, from this input
+        record.set_affine(*(t.detach() for t in batch_norm_affine(
+            x.detach(), a["running_mean"], a["running_var"], a["weight"], a["bias"], training, eps)))
+    else:  # made with the others after the forward pass (see canonizers.running_affines)
+        detached = [None if a[k] is None else a[k].detach() for k in ("running_mean", "running_var", "weight", "bias")]
+        trace.defer_affine(record, RunningStatistics(*detached, eps, x.dtype))
     entry = trace.foldable.get(id(x))
     folded = entry is not None and entry.ref() is x and entry.consumers == 1  # x feeds only this BatchNorm so far
     if folded:
-        record.producer = entry.producer
+        record.fold_into(entry.producer)
         entry.batch_norm = record
-        entry.producer.folded = (record.scale, record.shift)
     y = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
     if folded:
         trace.produce(y, entry.producer, record)

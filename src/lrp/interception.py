@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .canonizers import RunningStatistics, positive_everywhere, running_affines
 from .composites import Composite, Family
 from .errors import UnsupportedOperationError
 from .handlers import HANDLERS, is_in_place, op_name, path_tensors
@@ -69,6 +70,7 @@ class Trace(TorchFunctionMode):
         self.produced: dict[int, Produced] = {}
         self.rectifiable: dict[int, Rectifiable] = {}  # ReLU outputs the model still holds
         self.undecided: list[Rectifiable] = []  # ReLU outputs let go of while their z is still held
+        self.deferred: list[tuple[BatchNormRecord, RunningStatistics]] = []  # BatchNorm maps made after the forward
         self._handles: list[Any] = []
         # relevance that logged ops returned and no op has received yet: id -> (weak reference, version,
         # per-sample sums), so that the op receiving it unchanged (through a ReLU) need not sum it again
@@ -93,6 +95,7 @@ class Trace(TorchFunctionMode):
             if exc[0] is not None:
                 self.rectifiable.clear()
                 self.undecided.clear()
+                self.deferred.clear()
 
     def _forget_forward(self) -> None:
         """Drop what only the forward pass needed. These tables reach the relevance graph, whose
@@ -296,13 +299,31 @@ class Trace(TorchFunctionMode):
         if batch_norm is not None:
             batch_norm.y = None
 
+    def defer_affine(self, record: BatchNormRecord, statistics: RunningStatistics) -> None:
+        """Make ``record``'s map from ``statistics`` after the forward pass, with the other BatchNorms' (see
+        :func:`~lrp.canonizers.running_affines`)."""
+        self.deferred.append((record, statistics))
+
+    def _make_affines(self) -> None:
+        """The deferred BatchNorm maps; for those folded into a linear op, whether the scale is positive
+        everywhere (see ``LayerCall.inverse_scale``), found for all of them with one wait for the device."""
+        records = [record for record, _ in self.deferred]
+        affines = running_affines([statistics for _, statistics in self.deferred])
+        self.deferred = []
+        folded = [i for i, record in enumerate(records) if record.producer is not None]
+        positive = dict(zip(folded, positive_everywhere([affines[i][0] for i in folded])))
+        for i, (record, (scale, shift)) in enumerate(zip(records, affines)):
+            record.set_affine(scale, shift, positive.get(i))
+
     def normalize(self, output: Tensor, logits: Tensor, op: str, allowed_inside: bool) -> None:
         """Record a softmax-like op: explained through its logits when it is the model's last op."""
         self.normalized[id(output)] = Normalized(weakref.ref(output), logits, op, self.describe(), allowed_inside)
 
     def output_logits(self, output: Tensor) -> Tensor:
         """The tensor to explain: the logits when ``output`` is a final softmax / log-softmax / sigmoid.
-        Called once, after the forward pass; forgets the normalised outputs (see ``_forget_forward``)."""
+        Called once, after the forward pass: makes the deferred BatchNorm maps (:meth:`defer_affine`) and forgets
+        the normalised outputs (see ``_forget_forward``)."""
+        self._make_affines()
         normalized = self.normalized.get(id(output))
         self.normalized.clear()
         logits = normalized.logits if normalized is not None and normalized.ref() is output else output

@@ -512,6 +512,7 @@ class LayerCall:
     workspace: Workspace | None = None
     z_rectified: bool = False
     z_rounded: bool = False
+    scale_positive: bool | None = None
     _modified_count: int = field(default=0, init=False, repr=False)
 
     def in_float32(self) -> LayerCall:
@@ -520,7 +521,7 @@ class LayerCall:
         folded = None if self.folded is None else (widened(self.folded[0]), widened(self.folded[1]))
         return LayerCall(self.linear_map, widened(self.source), widened(self.z), widened(self.raw_weight),
                          widened(self.raw_bias), folded, self.activation, self.workspace, self.z_rectified,
-                         z_rounded=self.z.dtype in HALF_PRECISION)
+                         z_rounded=self.z.dtype in HALF_PRECISION, scale_positive=self.scale_positive)
 
     @cached_property
     def x(self) -> Tensor:
@@ -593,7 +594,8 @@ class LayerCall:
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.activation, workspace, self.z_rectified)))
+                                           folded, self.activation, workspace, self.z_rectified,
+                                           scale_positive=self.scale_positive)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:
@@ -601,13 +603,17 @@ class LayerCall:
         None. Then ``W = s·V`` (per output channel) with V the layer's own weight, and ``(s·V)⁺ = s·V⁺``:
         a rule's denominator ``d`` and its modified weight ``s·V'`` can both be taken before the scale,
         ``(s·V')ᵀ (R / d) = V'ᵀ (R / (d / s))``, which saves the pass over the weight that folds it. (None
-        too for a denormal s, whose 1/s may overflow, and a NaN.) One reduction decides: on a GPU each
-        op of a check and its wait for the device cost the host time (ResNet-50: ~10 ms a call when the
-        check was seven ops)."""
+        too for a denormal s, whose 1/s may overflow, and a NaN.) ``scale_positive`` decides where known (the
+        trace finds it for every BatchNorm with running statistics after the forward pass, with one wait for
+        the device in all); else one reduction: on a GPU each op of a check and its wait for the device cost
+        the host time (ResNet-50: ~10 ms a call when the check was seven ops)."""
         if self.folded is None:
             return None
         scale = self.folded[0]
-        return scale.reciprocal() if bool(scale.amin() >= torch.finfo(scale.dtype).tiny) else None
+        positive = self.scale_positive
+        if positive is None:
+            positive = bool(scale.amin() >= torch.finfo(scale.dtype).tiny)
+        return scale.reciprocal() if positive else None
 
     def transpose_effective(self, s: Tensor) -> Tensor:
         """``transpose(s, weight)``; with a folded BatchNorm, scales ``s`` (a temporary of the caller, in

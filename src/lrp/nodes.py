@@ -94,6 +94,7 @@ class LinearRecord:
     x: Tensor | None = None
     z: Tensor | None = None
     folded: tuple[Tensor, Tensor] | None = None  # (scale, shift) of a BatchNorm folded into this op
+    scale_positive: bool | None = None  # whether the folded scale is positive everywhere, where known
     x_source: Recomputable | None = None  # x = activation(source), made again when needed, not kept
     z_rectified: bool = False  # z holds relu(z) (see Trace.rectify)
 
@@ -105,9 +106,9 @@ class LinearRecord:
     def layer_call(self) -> LayerCall:
         if self.x_source is None:
             return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded,
-                             z_rectified=self.z_rectified)
+                             z_rectified=self.z_rectified, scale_positive=self.scale_positive)
         return LayerCall(self.linear_map, self.x_source.source, self.z, self.weight, self.bias, self.folded,
-                         self.x_source.activation, z_rectified=self.z_rectified)
+                         self.x_source.activation, z_rectified=self.z_rectified, scale_positive=self.scale_positive)
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
@@ -124,17 +125,30 @@ class LinearRecord:
 
 @dataclass(eq=False)
 class BatchNormRecord:
-    """One BatchNorm call: folded into ``producer`` or explained as a per-channel affine layer."""
+    """One BatchNorm call: folded into ``producer`` or explained as a per-channel affine layer. Its map
+    ``y = scale · x + shift`` (both (C,)) is set during the forward pass or, from running statistics, with
+    the others after it (:meth:`Trace.defer_affine`)."""
 
     trace: Trace
     index: int
     name: str
     rule: Rule  # used when not folded (also when a later second use of x unfolds it)
-    scale: Tensor
-    shift: Tensor
+    scale: Tensor | None = None
+    shift: Tensor | None = None
     producer: LinearRecord | None = None  # set while folded
     x: Tensor | None = None
     y: Tensor | None = None
+
+    def set_affine(self, scale: Tensor, shift: Tensor, positive: bool | None = None) -> None:
+        """The map, and whether ``scale`` is positive everywhere where that is known (``positive``)."""
+        self.scale, self.shift = scale, shift
+        if self.producer is not None:
+            self.producer.folded, self.producer.scale_positive = (scale, shift), positive
+
+    def fold_into(self, producer: LinearRecord) -> None:
+        self.producer = producer
+        if self.scale is not None:
+            producer.folded = (self.scale, self.shift)
 
     def keep(self, x: Tensor, y: Tensor) -> None:
         self.y = y.detach()
