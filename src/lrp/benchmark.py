@@ -751,9 +751,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-zennit", dest="zennit", action="store_false",
                         help="skip zennit's equivalent composites")
     parser.add_argument("--repeats", type=_positive, default=None,
-                        help="timed runs per configuration at least, after the warm-up runs; more follow within "
-                             f"{TIMED_SECONDS:.0f} s, up to {TIMED_MAX_RUNS} (default: 3, 2 for vgg16 with batch > 1; "
-                             "1 and no more with --quick)")
+                        help="timed rounds (one run of every method each) at least, after the warm-up runs; more "
+                             f"follow within {TIMED_SECONDS:.0f} s per method, up to {TIMED_MAX_RUNS} (default: 3, 2 "
+                             "for vgg16 with batch > 1; 1 and no more with --quick)")
     parser.add_argument("--threads", type=_positive, default=2,
                         help="torch intra-op threads per worker process (default: 2)")
     parser.add_argument("--quick", action="store_true",
