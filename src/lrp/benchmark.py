@@ -757,7 +757,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive, default=2,
                         help="torch intra-op threads per worker process (default: 2)")
     parser.add_argument("--quick", action="store_true",
-                        help="toy-sized models and grids (a smoke run: seconds, not minutes)")
+                        help="toy-sized models and grids (a smoke run; its time goes to starting a Python process "
+                             "per method and one per model and batch: about 9 minutes for everything on 2 cores, "
+                             "half a minute for one model and composite)")
     parser.add_argument("--channels-last", action="store_true",
                         help="give every method its input in channels_last memory format (channels_last_3d for "
                              "the paper model, whose one-channel volume is the same in both formats); the model's "
