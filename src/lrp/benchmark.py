@@ -13,8 +13,8 @@ and the input, and times every method on them:
   rounds ran (not with ``--quick``). Taking the methods in turn gives each the same share of the
   machine's changing load, so their ratios to gradient×input stay put when other jobs come and go
   (timed in separate processes one after another, ResNet-50 batch 8 ``epsilon`` took 1.12× the
-  gradient in one run and 1.31× in another, same code). The table shows the median wall time (``time.perf_counter``) and the
-  median CPU time of the process (``time.process_time``, all threads);
+  gradient in one run and 1.31× in another, same code). The table shows the median wall time
+  (``time.perf_counter``) and the median CPU time of the process (``time.process_time``, all threads);
 
 then each method runs once more in a fresh process of its own, for memory, after
 ``WARMUP_MIN_RUNS`` untimed runs (a fresh process keeps one method's cached allocations from
@@ -679,10 +679,10 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
         "process). Taken in turn, every method gets the same share of the machine's changing load.",
         f"- *extra peak memory*: each method in a fresh process of its own, after {WARMUP_MIN_RUNS} untimed runs: "
         "peak RSS during one more run (VmHWM, reset to the current RSS just before it via /proc/self/clear_refs, "
-        "after gc and malloc_trim) minus the RSS before it (model, input, libraries). *live tensor peak*: the most bytes held by tensors allocated during one more "
-        "run, from torch.profiler's allocation records (what torch.cuda.max_memory_allocated reports on a "
-        "GPU; the RSS also counts freed memory that malloc keeps). Ratios are to gradient×input of the same "
-        "model and batch.",
+        "after gc and malloc_trim) minus the RSS before it (model, input, libraries). *live tensor peak*: the most "
+        "bytes held by tensors allocated during one more run, from torch.profiler's allocation records (what "
+        "torch.cuda.max_memory_allocated reports on a GPU; the RSS also counts freed memory that malloc keeps). "
+        "Ratios are to gradient×input of the same model and batch.",
         "- gradient×input: one forward, torch.autograd.grad of the explained logit w.r.t. the input, × input. "
         "lrp:<composite>: lrp.explain. zennit:<composite>: zennit.attribution.Gradient with zennit's "
         "composite of the same meaning and SequentialMergeBatchNorm, entered per call (like lrp.explain). "
