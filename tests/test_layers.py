@@ -90,6 +90,25 @@ def test_explanations_do_not_depend_on_chunking(composite: str, monkeypatch: pyt
                                rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("case", ["2d-strided", "2d-dilated", "3d"])
+def test_onednn_transposes_run_in_one_call(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float32 CPU convolution that PyTorch runs with oneDNN (batch of 2) is transposed in one call whatever
+    the slab bound, and equals the float64 transposition, which runs in slabs; without oneDNN (switched off, or
+    float64) the bound holds."""
+    conv, x, weight = _conv(case)
+    x = x.repeat(2, *([1] * (x.dim() - 1)))[:2]
+    s = torch.randn_like(conv.forward(x, weight))
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)
+    x32, s32, weight32 = x.float(), s.float(), weight.float()
+    assert conv._rows_per_chunk(x32, weight32, s.shape[2]) is None
+    assert conv._rows_per_chunk(x, weight, s.shape[2]) is not None
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert conv._rows_per_chunk(x32, weight32, s.shape[2]) is not None
+    torch.testing.assert_close(conv.transpose(s32, weight32, x32), conv.transpose(s, weight, x).float(),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_stacked_transpose_sum_equals_separate_transposes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     conv, x, weight = _conv(case)
