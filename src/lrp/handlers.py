@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,7 +45,7 @@ from .nodes import (
 if TYPE_CHECKING:
     from .interception import Trace
 
-__all__ = ["HANDLERS", "is_in_place", "op_name", "path_tensors"]
+__all__ = ["HANDLERS", "is_in_place", "op_name", "path_tensors", "short_name"]
 
 
 def path_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -68,6 +69,12 @@ def op_name(func: Callable) -> str:
         name = resolve_name(func) or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
         _OP_NAMES[func] = name
     return name
+
+
+@cache
+def short_name(op: str) -> str:
+    """The op's name without its namespace (``torch.Tensor.relu_`` -> ``relu_``)."""
+    return op.rsplit(".", 1)[-1]
 
 
 def _argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -221,7 +228,7 @@ _SUBTRACT = {"sub", "subtract", "__sub__", "__isub__", "sub_"}
 def _sum(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
     alpha = kwargs.get("alpha", 1)
-    short = op.rsplit(".", 1)[-1]
+    short = short_name(op)
     if short == "__rsub__":  # b - a
         terms, coefficients = (a, b), (-1.0, 1.0)
     else:
@@ -246,7 +253,7 @@ _DIVIDE = {"div", "divide", "true_divide", "__truediv__", "__itruediv__", "div_"
 
 
 def _scale(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
-    short = op.rsplit(".", 1)[-1]
+    short = short_name(op)
     if short in ("neg", "negative", "__neg__"):
         x = args[0]
         return pass_through(x, lambda: -x)
@@ -266,9 +273,10 @@ def _scale(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     return pass_through(x, lambda: x * factor, mask)
 
 
+@cache
 def _out_of_place(func, op: str) -> Callable:
     """The out-of-place version of an in-place op (``relu_`` -> ``relu``; ``inplace=True`` -> False)."""
-    short = op.rsplit(".", 1)[-1]
+    short = short_name(op)
     if short.endswith("_") and not short.endswith("__"):
         owner = torch.Tensor if op.startswith("torch.Tensor.") else torch
         plain = getattr(owner, short[:-1], None)
@@ -285,7 +293,7 @@ _NON_NEGATIVE = {"relu", "relu_", "relu6", "sigmoid", "sigmoid_", "hardsigmoid"}
 
 def is_in_place(func, op: str, args: tuple, kwargs: dict) -> bool:
     """Whether the call modifies its first argument (``relu_``, ``x += y``, ``inplace=True``)."""
-    short = op.rsplit(".", 1)[-1]
+    short = short_name(op)
     if short in _AUGMENTED or (short.endswith("_") and not short.endswith("__")):
         return True
     if "inplace" in kwargs:
@@ -315,7 +323,7 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         trace.normalize(y, x, op, allowed_inside=True)
     if args and args[0] is x:
         rest = args[1:]
-        short = op.rsplit(".", 1)[-1]
+        short = short_name(op)
         relu = short in ("relu", "relu_")
         activation = Activation(lambda t: _call_out_of_place(func, op, (t, *rest), kwargs), short in _NON_NEGATIVE,
                                 times_relu if relu else None)

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from .canonizers import RunningStatistics, positive_everywhere, running_affines
 from .composites import Composite, Family
 from .errors import UnsupportedOperationError
-from .handlers import HANDLERS, is_in_place, op_name, path_tensors
+from .handlers import HANDLERS, is_in_place, op_name, path_tensors, short_name
 from .layers import KEPT_RELU_OUTPUT
 from .nodes import (
     BatchNormRecord,
@@ -40,6 +40,14 @@ from .nodes import (
 from .rules import Rule, ignores_output, proportional_to_input, takes_rectified_output
 
 __all__ = ["Trace"]
+
+
+_METADATA = frozenset({
+    Tensor.dim, Tensor.size, Tensor.numel, Tensor.stride, Tensor.is_contiguous, Tensor.is_floating_point,
+    Tensor.element_size, Tensor.__len__,
+    *(getattr(Tensor, name).__get__ for name in ("shape", "ndim", "dtype", "device")),
+})
+"""Tensor methods that only read metadata (BatchNorm checks ``x.dim()`` on every call): passed on at once."""
 
 
 class Trace(TorchFunctionMode):
@@ -75,6 +83,7 @@ class Trace(TorchFunctionMode):
         # relevance that logged ops returned and no op has received yet: id -> (weak reference, version,
         # per-sample sums), so that the op receiving it unchanged (through a ReLU) need not sum it again
         self._handed_on: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+        self._rule_names: dict[int, str] = {}  # id(rule) -> repr(rule); the composite keeps the rules alive
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -179,9 +188,16 @@ class Trace(TorchFunctionMode):
             del self._handed_on[key]  # freed without reaching a logged op (summed with another share, ...)
         for r, total in zip(inputs, sums):
             self._handed_on[id(r)] = (weakref.ref(r), r._version, total)
-        op = getattr(record, "op", "batch_norm").rsplit(".", 1)[-1]
-        self.rows.append(ConservationRow(record.index, record.name or "<model>", op, repr(record.rule), total_out,
-                                         total_in))
+        op = short_name(getattr(record, "op", "batch_norm"))
+        self.rows.append(ConservationRow(record.index, record.name or "<model>", op, self._rule_name(record.rule),
+                                         total_out, total_in))
+
+    def _rule_name(self, rule: Rule) -> str:
+        """``repr(rule)``, made once per rule in a call (the layers of a kind share their rule object)."""
+        name = self._rule_names.get(id(rule))
+        if name is None:
+            name = self._rule_names[id(rule)] = repr(rule)
+        return name
 
     def check_consumers(self, tensors: list[Tensor], op: str) -> None:
         """Count uses of foldable outputs (unfolding a BatchNorm whose input is used twice) and
@@ -345,6 +361,8 @@ class Trace(TorchFunctionMode):
     # -- dispatch ------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _METADATA:
+            return func(*args, **kwargs)
         path = path_tensors(args, kwargs)
         if not path:
             return func(*args, **kwargs)

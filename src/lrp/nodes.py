@@ -120,7 +120,7 @@ class LinearRecord:
             del layer  # each block holds what it needs
             result = sum_taking(blocks, lambda rows, block: _apply_rule(self.rule, block, relevance[..., rows]))
         self.trace.log(self, relevance, result)
-        return result.to(relevance.dtype)
+        return _in_dtype(result, relevance.dtype)
 
 
 @dataclass(eq=False)
@@ -165,7 +165,7 @@ class BatchNormRecord:
         result = _apply_rule(self.rule, layer, relevance)
         self.trace.log(self, relevance, result)
         self.x = self.y = None
-        return result.to(relevance.dtype)
+        return _in_dtype(result, relevance.dtype)
 
 
 @dataclass(eq=False)
@@ -270,7 +270,7 @@ class SumFunction(Function):
             shares.append((last * s).sum_to_size(ctx.shapes[-1]))
         record.trace.log(record, relevance, shares)
         record.terms, record.z = [], None
-        return (None, None, *(share.to(dtype) for share, dtype in zip(shares, dtypes)))
+        return (None, None, *(_in_dtype(share, dtype) for share, dtype in zip(shares, dtypes)))
 
 
 class PassFunction(Function):
@@ -315,6 +315,12 @@ class MaxPoolFunction(Function):
             torch.ops.aten.max_pool3d_with_indices_backward
         return (backward(relevance, stand_in, kernel, stride, padding, dilation, ceil_mode, indices),
                 None, None, None, None, None, None)
+
+
+def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``: a 16-bit layer's float32 result (see :func:`layers.widened`) converted back, others as
+    they are (without the call of a no-op ``t.to``)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def pass_through(x: Tensor, compute: Callable[[], Tensor], mask: Tensor | None = None) -> Tensor:
