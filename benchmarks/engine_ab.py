@@ -8,8 +8,9 @@ Wall times on a shared machine drift by 10-15 % between processes; alternating t
 (and the gradient) run by run in one process cancels most of that, which is how the README's
 before/after figures are measured. The earlier version is unpacked with ``git archive`` into a
 temporary directory and imported as ``lrp_old`` (the package imports itself relatively). Prints,
-per composite, the median time of each version ÷ the median gradient×input, and the largest
-difference of their relevance relative to its maximum.
+per composite, the median time of each version ÷ the median gradient×input, the largest
+difference of their relevance relative to its maximum, and the ratios taken within each round
+(median and quartiles over the rounds): each version ÷ gradient×input, and new ÷ old.
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def import_old(commit: str, into: Path):
     return importlib.import_module("lrp_old")
 
 
-def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each callable, run in turn ``repeats`` times after two warm-up rounds."""
+def timed_rounds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each callable, run in turn ``repeats`` times after two warm-up rounds: one list per
+    callable, one entry per round."""
     for _ in range(2):
         for run in runs.values():
             run()
@@ -55,7 +57,18 @@ def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], name: str, base: str) -> tuple[float, float, float]:
+    """``name``'s time ÷ ``base``'s in the same round: the median over the rounds and the quartiles. A ratio
+    within one round cancels the drift of a shared machine's speed over minutes, which a ratio of the two
+    medians keeps."""
+    ratios = [a / b for a, b in zip(times[name], times[base])]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    low, middle, high = statistics.quantiles(ratios, n=4)
+    return middle, low, high
 
 
 def explainer(package, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str,
@@ -86,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = explainer(package, model, x, target, composite, _composite_params(composite, x))
             before, after = runs["old"](), runs["new"]()
             difference = float((before - after).abs().max() / before.abs().max())
-            medians = median_seconds(runs, options.repeats)
+            times = timed_rounds(runs, options.repeats)
+            medians = {name: statistics.median(values) for name, values in times.items()}
             base = medians["gradient×input"]
+            paired = {name: paired_ratios(times, name, "gradient×input") for name in ("old", "new")}
+            new_over_old = paired_ratios(times, "new", "old")
             print(f"{options.model} batch {options.batch} {composite}: gradient×input {base * 1000:.0f} ms, "
                   f"old {medians['old'] / base:.2f}×, new {medians['new'] / base:.2f}× "
-                  f"(relevance differs by {difference:.2g} of its maximum)", flush=True)
+                  f"(relevance differs by {difference:.2g} of its maximum); per round: "
+                  + ", ".join(f"{name} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for name, (m, lo, hi) in paired.items())
+                  + f", new ÷ old {new_over_old[0]:.3f} [{new_over_old[1]:.3f}–{new_over_old[2]:.3f}]", flush=True)
     return 0
 
 
