@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 import torch
 
 import lrp
-from lrp.benchmark import _composite_params, _gradient_x_input, build
+from lrp.benchmark import _composite_params, _gradient_x_input, build, round_ratios
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -58,17 +58,6 @@ def timed_rounds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
             run()
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def paired_ratios(times: dict[str, list[float]], name: str, base: str) -> tuple[float, float, float]:
-    """``name``'s time ÷ ``base``'s in the same round: the median over the rounds and the quartiles. A ratio
-    within one round cancels the drift of a shared machine's speed over minutes, which a ratio of the two
-    medians keeps."""
-    ratios = [a / b for a, b in zip(times[name], times[base])]
-    if len(ratios) < 2:
-        return ratios[0], ratios[0], ratios[0]
-    low, middle, high = statistics.quantiles(ratios, n=4)
-    return middle, low, high
 
 
 def explainer(package, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str,
@@ -102,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             times = timed_rounds(runs, options.repeats)
             medians = {name: statistics.median(values) for name, values in times.items()}
             base = medians["gradient×input"]
-            paired = {name: paired_ratios(times, name, "gradient×input") for name in ("old", "new")}
-            new_over_old = paired_ratios(times, "new", "old")
+            paired = {name: round_ratios(times[name], times["gradient×input"]) for name in ("old", "new")}
+            new_over_old = round_ratios(times["new"], times["old"])
             print(f"{options.model} batch {options.batch} {composite}: gradient×input {base * 1000:.0f} ms, "
                   f"old {medians['old'] / base:.2f}×, new {medians['new'] / base:.2f}× "
                   f"(relevance differs by {difference:.2g} of its maximum); per round: "

@@ -17,12 +17,14 @@ from lrp.benchmark import (
     markdown_table,
     methods_for,
     report,
+    round_ratios,
     worker_environment,
 )
 from lrp.cli import main
 
-COLUMNS = ["model", "input", "method", "median time (s)", "time ÷ g×i", "median CPU (s)", "CPU ÷ g×i",
-           "extra peak memory (MiB)", "memory ÷ g×i", "live tensor peak (MiB)", "live ÷ g×i", "ΣR / logit", "runs"]
+COLUMNS = ["model", "input", "method", "median time (s)", "time ÷ g×i", "per round ÷ g×i", "median CPU (s)",
+           "CPU ÷ g×i", "extra peak memory (MiB)", "memory ÷ g×i", "live tensor peak (MiB)", "live ÷ g×i",
+           "ΣR / logit", "runs"]
 
 
 def _header_cells(table: str) -> list[str]:
@@ -181,10 +183,21 @@ def test_table_ratios_are_relative_to_gradient_times_input():
     rows = {line.split("|")[3].strip() + line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in table.splitlines()[2:]}
     baseline = rows[BASELINE + "8×3×224×224"]
-    assert baseline[3:13] == ["2.000", "1.00", "4.000", "1.00", "50.0", "1.00", "40.0", "1.00", "1", "3"]
-    ours = rows["lrp:epsilon8×3×224×224"]
-    assert ours[3:13] == ["2.500", "1.25", "2.000", "0.50", "100.0", "2.00", "50.0", "1.25", "0.5", "3"]
+    assert baseline[3:14] == ["2.000", "1.00", "1.00 [1.00–1.00]", "4.000", "1.00", "50.0", "1.00", "40.0", "1.00",
+                              "1", "3"]
+    ours = rows["lrp:epsilon8×3×224×224"]  # per round 1.25, 2.5, 3: median 2.5 where the medians' ratio is 1.25
+    assert ours[3:14] == ["2.500", "1.25", "2.50 [1.88–2.75]", "2.000", "0.50", "100.0", "2.00", "50.0", "1.25",
+                          "0.5", "3"]
     assert "failed: worker exited with status 9" in rows["lrp:epsilon1×3×224×224"][3]
+    assert all(len(row) == len(COLUMNS) for row in rows.values())
+
+
+def test_round_ratios_pair_runs_of_the_same_round():
+    """Run i of a method over run i of the baseline; a method that stopped early (failed) pairs its rounds only."""
+    assert round_ratios([3.0, 4.0, 10.0, 2.0, 6.0], [1.0, 2.0, 2.0, 1.0, 3.0]) == (2.0, 2.0, 3.0)  # 3 2 5 2 2
+    assert round_ratios([3.0, 9.0], [1.0, 2.0, 4.0]) == (3.75, 3.375, 4.125)  # 3 and 4.5; the third round unpaired
+    assert round_ratios([5.0], [2.0]) == (2.5, 2.5, 2.5)
+    assert round_ratios([], [1.0]) is None
 
 
 def test_live_peak_counts_tensors_held_at_once():

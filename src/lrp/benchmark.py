@@ -14,7 +14,9 @@ and the input, and times every method on them:
   machine's changing load, so their ratios to gradient×input stay put when other jobs come and go
   (timed in separate processes one after another, ResNet-50 batch 8 ``epsilon`` took 1.12× the
   gradient in one run and 1.31× in another, same code). The table shows the median wall time
-  (``time.perf_counter``) and the median CPU time of the process (``time.process_time``, all threads);
+  (``time.perf_counter``), the median CPU time of the process (``time.process_time``, all threads) and the
+  ratios to gradient×input taken within each round (:func:`round_ratios`), which also cancel the drift
+  of the machine's speed from round to round;
 
 then each method runs once more in a fresh process of its own, for memory, after
 ``WARMUP_MIN_RUNS`` untimed runs (a fresh process keeps one method's cached allocations from
@@ -620,10 +622,28 @@ def _ratio(value: float | None, baseline: float | None) -> str:
     return "n/a" if value is None or not baseline else f"{value / baseline:.2f}"
 
 
+def round_ratios(times: Sequence[float], base_times: Sequence[float]) -> tuple[float, float, float] | None:
+    """Each run's time ÷ the baseline's in the same round (methods are timed in turn, so the i-th run of every
+    method falls in round i): the median over the rounds and the quartiles, all three that one ratio after one
+    round; None without a common round. A ratio within a round cancels the drift of a shared machine's speed
+    over minutes, which the ratio of the two medians keeps (VGG-16 batch 8's gradient×input took 4.7 s in one
+    run and 5.5–6.2 s in others of the same day)."""
+    ratios = [t / b for t, b in zip(times, base_times)]
+    if len(ratios) < 2:
+        return (ratios[0],) * 3 if ratios else None
+    low, middle, high = statistics.quantiles(ratios, n=4, method="inclusive")  # within the data, also for few
+    return middle, low, high
+
+
+def _round_ratio(times: Sequence[float], base: Measurement | None) -> str:
+    ratios = None if base is None else round_ratios(times, base.times)
+    return "n/a" if ratios is None else f"{ratios[0]:.2f} [{ratios[1]:.2f}–{ratios[2]:.2f}]"
+
+
 def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
     """The results as a markdown table; ratios are to gradient×input of the same model and batch."""
-    header = ("| model | input | method | median time (s) | time ÷ g×i | median CPU (s) | CPU ÷ g×i "
-              "| extra peak memory (MiB) | memory ÷ g×i | live tensor peak (MiB) | live ÷ g×i "
+    header = ("| model | input | method | median time (s) | time ÷ g×i | per round ÷ g×i | median CPU (s) "
+              "| CPU ÷ g×i | extra peak memory (MiB) | memory ÷ g×i | live tensor peak (MiB) | live ÷ g×i "
               "| ΣR / logit | runs |")
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     baselines = {(r.model, r.batch): r for r in results if r.method == BASELINE}
@@ -632,11 +652,12 @@ def markdown_table(results: Sequence[Measurement], quick: bool = False) -> str:
         label = _input_label(r.model, r.batch, quick)
         if r.error:
             lines.append(f"| {r.model} | {label} | {r.method} | failed: {r.error.replace('|', '/')} "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         lines.append(
             f"| {r.model} | {label} | {r.method} | {_fmt(r.median, '.3f')} "
-            f"| {_ratio(r.median, base.median if base else None)} | {_fmt(r.cpu_median, '.3f')} "
+            f"| {_ratio(r.median, base.median if base else None)} | {_round_ratio(r.times, base)} "
+            f"| {_fmt(r.cpu_median, '.3f')} "
             f"| {_ratio(r.cpu_median, base.cpu_median if base else None)} | {_fmt(r.extra_mib, '.1f')} "
             f"| {_ratio(r.extra_mib, base.extra_mib if base else None)} | {_fmt(r.live_mib, '.1f')} "
             f"| {_ratio(r.live_mib, base.live_mib if base else None)} | {_fmt(r.sum_ratio, '.4g')} "
@@ -676,7 +697,9 @@ def report(results: Sequence[Measurement], options: argparse.Namespace, elapsed:
            f"(column *runs*: the --repeats minimum, then more up to {TIMED_MAX_RUNS} within {TIMED_SECONDS:.0f} s "
            "per method); ")
         + "*median time* is their median wall time, *median CPU* their median CPU time (all threads of the "
-        "process). Taken in turn, every method gets the same share of the machine's changing load.",
+        "process). Taken in turn, every method gets the same share of the machine's changing load. *per round "
+        "÷ g×i*: each round's time ÷ gradient×input's in the same round, median [quartiles] over the rounds "
+        "(steadier than the ratio of the medians when the machine's speed drifts).",
         f"- *extra peak memory*: each method in a fresh process of its own, after {WARMUP_MIN_RUNS} untimed runs: "
         "peak RSS during one more run (VmHWM, reset to the current RSS just before it via /proc/self/clear_refs, "
         "after gc and malloc_trim) minus the RSS before it (model, input, libraries). *live tensor peak*: the most "
