@@ -1146,6 +1146,19 @@ def test_composite_without_rule_for_a_weighted_layer() -> None:
     assert "'2'" in str(error.value) and "Linear" in str(error.value)
 
 
+@pytest.mark.parametrize("named_first", [True, False])
+def test_rule_lookup_cache_keeps_named_layers_apart(named_first: bool) -> None:
+    """Lookups are cached without the module's name unless ``by_name`` holds it: the named layer gets its own
+    rule in either order, and the other layers of its class share one cached lookup."""
+    by_type, named = Epsilon(), Zero()
+    composite = lrp.Composite(by_type={Weighted: by_type}, by_name={"features.0": named})
+    conv = nn.Conv2d(1, 1, 1)
+    order = ["features.0", "features.2", "features.4"] if named_first else ["features.2", "features.4", "features.0"]
+    found = {name: composite.rule_for(conv, name, lrp.composites.Convolution, False)[0] for name in order}
+    assert found == {"features.0": named, "features.2": by_type, "features.4": by_type}
+    assert len(composite._cache) == 2
+
+
 def test_model_returning_a_tuple() -> None:
     model = Block(lambda x: (x.sum(1, keepdim=True), x))
     with pytest.raises(TypeError, match="tuple"):

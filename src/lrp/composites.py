@@ -151,12 +151,15 @@ class Composite:
 
         ``first`` says that no first-layer rule has been used yet in this forward pass. Returns the
         rule (None when nothing applies: the caller decides whether that is an error) and whether
-        it is the first-layer rule. Lookups are cached by module class, name, family and ``first``.
+        it is the first-layer rule. Lookups are cached by module class, family, ``first`` and the name
+        where ``by_name`` holds it (other names cannot change the answer: ResNet-50's 53 convolutions
+        share one lookup instead of one each).
         """
-        key = (type(module), name, family, first)
-        if key not in self._cache:
-            self._cache[key] = self._lookup(module, name, family, first)
-        return self._cache[key]
+        key = (type(module), name if name in self.by_name else None, family, first)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._lookup(module, name, family, first)
+        return cached
 
     def _lookup(self, module: nn.Module, name: str, family: type[Family], first: bool) -> tuple[Rule | None, bool]:
         kind = family.kind

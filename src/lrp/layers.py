@@ -92,12 +92,15 @@ def divide_rectified(relevance: Tensor, rectified: Tensor, epsilon: float) -> Te
     return torch.div(relevance, denominator, out=denominator)
 
 
-def divide_(relevance: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+def divide_(relevance: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Tensor:
     """:func:`divide` written into ``denominator``, a temporary of the caller shaped like
-    ``relevance`` (the first layers of a 3D CNN hold hundreds of MB per tensor)."""
-    shift = _shift(epsilon, denominator)
+    ``relevance`` (the first layers of a 3D CNN hold hundreds of MB per tensor). ``sign`` +1 (−1) says that
+    the denominator is a sum of non-negative (non-positive) terms: ε is then added with that sign without
+    looking (one pass less). The two differ only where the denominator is a zero of the other sign, where
+    every contribution is zero, so the relevance is the same."""
+    shift = _shift(sign * epsilon if sign else epsilon, denominator)
     for r, d in _chunks(relevance, denominator):
-        torch.div(r, d.add_(torch.copysign(shift, d)), out=d)
+        torch.div(r, d.add_(shift if sign else torch.copysign(shift, d)), out=d)
     return denominator
 
 

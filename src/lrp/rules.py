@@ -210,15 +210,15 @@ class AlphaBeta(Rule):
             alpha = torch.where(negative == 0, 1.0, torch.tensor(self.alpha, dtype=x.dtype, device=x.device))
             beta = torch.where(positive == 0, -1.0, torch.tensor(self.beta, dtype=x.dtype, device=x.device))
         if not signed:  # (conserve_one_sided, so need_negative) both shares through one transposed layer
-            pairs = [(_scaled(divide_(relevance, positive, self.stabilizer), alpha), w_pos),
-                     (_scaled(divide_(relevance, negative, self.stabilizer), -beta), w_neg)]
+            pairs = [(_scaled(divide_(relevance, positive, self.stabilizer, +1), alpha), w_pos),
+                     (_scaled(divide_(relevance, negative, self.stabilizer, -1), -beta), w_neg)]
             del positive, negative, w_pos, w_neg  # pairs holds the only references: freed one by one
             return layer.transpose_sum(pairs).mul_(x)
-        s_pos = _scaled(divide_(relevance, positive, self.stabilizer), alpha)
+        s_pos = _scaled(divide_(relevance, positive, self.stabilizer, +1), alpha)
         result = _spread(layer, s_pos, w_pos, w_neg, x_pos, x_neg)
         del s_pos, positive
         if need_negative:
-            s_neg = _scaled(divide_(relevance, negative, self.stabilizer), beta)
+            s_neg = _scaled(divide_(relevance, negative, self.stabilizer, -1), beta)
             result.sub_(_spread(layer, s_neg, w_neg, w_pos, x_pos, x_neg))
         return result
 
