@@ -22,3 +22,17 @@ def test_engine_ab_times_a_commit_against_the_working_tree():
     assert [line.split(":")[0] for line in lines] == ["paper batch 1 epsilon", "paper batch 1 alpha1-beta0"]
     pattern = r"gradient×input \d+ ms, old \d+\.\d\d×, new \d+\.\d\d× \(relevance differs by \S+ of its maximum\)"
     assert all(re.search(pattern, line) for line in lines), lines
+
+
+def test_timed_rounds_start_each_round_one_callable_later():
+    """The order rotates from round to round, so that no version always runs right after the other."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from engine_ab import timed_rounds
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls: list[str] = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("gradient", "old", "new")}
+    times = timed_rounds(runs, 4)
+    assert "".join(name[0] for name in calls) == "gon" * 2 + "gon" + "ong" + "ngo" + "gon"
+    assert {name: len(values) for name, values in times.items()} == {"gradient": 4, "old": 4, "new": 4}
