@@ -301,11 +301,11 @@ def test_one_channel_transposes_run_channels_last_and_equal_float64(case: str, m
     s = torch.randn_like(conv.forward(x, weight))
     monkeypatch.setattr(layers, "CHUNK_BYTES", 600)  # float64 runs in slabs; float32 ignores the bound
     x32, s32, weight32, other32 = x.float(), s.float(), weight.float(), other.float()
-    assert conv._one_channel_on_cpu(x32) and not conv._one_channel_on_cpu(x)
-    assert not conv._one_channel_on_cpu(x32[:1])  # PyTorch runs one small sample without oneDNN (and unfolds)
+    assert conv._one_channel_on_cpu(x32, weight32) and not conv._one_channel_on_cpu(x, weight)
+    assert not conv._one_channel_on_cpu(x32[:1], weight32)  # PyTorch runs one small sample without oneDNN
     with monkeypatch.context() as patch:
         patch.setattr(torch.backends.mkldnn, "enabled", False)
-        assert not conv._one_channel_on_cpu(x32)
+        assert not conv._one_channel_on_cpu(x32, weight32)
     assert torch.backends.mkldnn.enabled
     asked = []
     rows_per_chunk = Convolution._rows_per_chunk
@@ -320,3 +320,26 @@ def test_one_channel_transposes_run_channels_last_and_equal_float64(case: str, m
     assert first.stride(-1) == second.stride(-1) == 2
     torch.testing.assert_close(first, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(second, conv.transpose(s, other, x).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_channel_sample_with_a_large_kernel_takes_the_onednn_path(dims: int, monkeypatch) -> None:
+    """PyTorch runs a kernel larger than 3×3 with oneDNN even for one small sample (its rule, which
+    ``_select_conv_backend`` reports): such an input takes the channels-last path, in one call whatever the slab
+    bound, and agrees with float64 (the ordinary path, in slabs)."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn((1, 1, 12, 11, 10)[:dims + 2], dtype=DT, generator=generator)
+    weight = torch.randn((3, 1, 5, 5, 5)[:dims + 2], dtype=DT, generator=generator)
+    conv = Convolution((1,) * dims, (2,) * dims, (1,) * dims, 1, False, (), ())
+    s = torch.randn_like(conv.forward(x, weight))
+    assert conv._one_channel_on_cpu(x.float(), weight.float())
+    assert not conv._one_channel_on_cpu(x.float(), torch.ones((3, 1, *(3,) * dims)))  # 3×3: no oneDNN, as above
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 600)
+    asked = []
+    rows_per_chunk = Convolution._rows_per_chunk
+    monkeypatch.setattr(Convolution, "_rows_per_chunk", lambda self, t, *rest: asked.append(t.dtype) or
+                        rows_per_chunk(self, t, *rest))
+    transposed = conv.transpose(s.float(), weight.float(), x.float())
+    assert asked == []
+    torch.testing.assert_close(transposed, conv.transpose(s, weight, x).float(), rtol=1e-5, atol=1e-5)
+    assert asked == [DT]

@@ -285,7 +285,7 @@ class Convolution(LinearMap):
     def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
         shape = x.shape
         padded = (*shape[:2], *(n + extra for n, extra in zip(shape[2:], self.extra_padding or [0] * len(shape[2:]))))
-        one_channel = self._one_channel_on_cpu(x)
+        one_channel = self._one_channel_on_cpu(x, pairs[0][1])
         if one_channel:
             pairs[:] = [(s, _channels_last_copy(weight)) for s, weight in pairs]
         rows = None if one_channel else self._rows_per_chunk(x, pairs[0][1], pairs[0][0].shape[2])
@@ -332,15 +332,14 @@ class Convolution(LinearMap):
             self.groups, [True, False, False],
         )[0]
 
-    def _one_channel_on_cpu(self, x: Tensor) -> bool:
-        """Whether this is a CPU convolution of a 2D or 3D input with one channel in float32 (an MRI volume, a
-        grey-scale image), whose transpose runs with a channels-last weight (see :func:`_channels_last_copy`):
-        where PyTorch runs it with oneDNN at all, which it does (its own rule) for more than one sample or more
-        than 20480 elements in the input's first two spatial dimensions. Elsewhere it would unfold the output
-        in one piece, and the ordinary path bounds that by running in slabs."""
+    def _one_channel_on_cpu(self, x: Tensor, weight: Tensor) -> bool:
+        """Whether this is a convolution of a 2D or 3D input with one channel (an MRI volume, a grey-scale
+        image) that PyTorch runs with oneDNN (see :meth:`_selects_onednn`; on the CPU, float32), whose transpose
+        then runs with a channels-last weight (see :func:`_channels_last_copy`). Where PyTorch does not pick
+        oneDNN (one small sample with a kernel of at most 3×3, float64), it would unfold the output in one
+        piece, and the ordinary path bounds that by running in slabs."""
         return (not self.transposed and self.groups == 1 and x.shape[1] == 1 and x.dim() in (4, 5)
-                and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                and torch.backends.mkldnn.enabled and (x.shape[0] > 1 or x.shape[2] * x.shape[3] > 20480))
+                and self._selects_onednn(x, weight))
 
     def _rows_per_chunk(self, x: Tensor, weight: Tensor, output_rows: int) -> int | None:
         """Output rows per slab so that the unfolded buffer of a CPU transposed convolution stays
@@ -358,15 +357,21 @@ class Convolution(LinearMap):
         return max(1, CHUNK_BYTES // row_bytes)
 
     def _runs_on_onednn(self, x: Tensor, weight: Tensor) -> bool:
+        """Whether PyTorch runs this convolution of ``x`` with oneDNN (see :meth:`_selects_onednn`) and ``x`` has
+        more than one channel. oneDNN's transposed layer then unfolds nothing: it holds at most a copy of ``s``
+        and of the result in its blocked layout, whole or in slabs alike, and slabs cost a zeroed canvas, a copy
+        of each slab and their sum. Measured with 2 threads, slabs and one call in turn: VGG-16's second layer
+        at batch 8 (8×64×224×224, four slabs) 572 against 438 ms, peak live memory 186 against 196 MiB; its
+        fourth (8×128×112×112, two slabs) 408 against 352 ms, 137 against 99 MiB. Only a one-channel input made
+        oneDNN unfold, unless its weight is channels-last (see :meth:`_one_channel_on_cpu`)."""
+        return x.shape[1] != 1 and self._selects_onednn(x, weight)
+
+    def _selects_onednn(self, x: Tensor, weight: Tensor) -> bool:
         """Whether PyTorch runs this convolution of ``x`` on the CPU with oneDNN, as PyTorch itself reports
-        (``torch._C._select_conv_backend``; False where that is missing). oneDNN's transposed layer unfolds
-        nothing: it holds at most a copy of ``s`` and of the result in its blocked layout, whole or in slabs
-        alike, and slabs cost a zeroed canvas, a copy of each slab and their sum. Measured with 2 threads, slabs
-        and one call in turn: VGG-16's second layer at batch 8 (8×64×224×224, four slabs) 572 against 438 ms, peak
-        live memory 186 against 196 MiB; its fourth (8×128×112×112, two slabs) 408 against 352 ms, 137 against
-        99 MiB. Only a one-channel input (see :meth:`_one_channel_on_cpu`) made oneDNN unfold."""
+        (``torch._C._select_conv_backend``, which also follows ``torch.backends.mkldnn.enabled``; False where
+        it is missing or refuses the arguments)."""
         select = getattr(torch._C, "_select_conv_backend", None)
-        if select is None or x.shape[1] == 1:
+        if select is None:
             return False
         try:
             backend = select(x, weight, None, list(self.stride), list(self.padding), list(self.dilation),
@@ -381,7 +386,7 @@ class Convolution(LinearMap):
         return self.forward(torch.cat([a, b], dim=1), torch.cat([weight_a, weight_b], dim=1))
 
     def transpose_pair(self, s: Tensor, weight_a: Tensor, weight_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        one_channel = self._one_channel_on_cpu(x) and not any(self.extra_padding)
+        one_channel = self._one_channel_on_cpu(x, weight_a) and not any(self.extra_padding)
         if not one_channel and (self.transposed or self.groups != 1):
             return super().transpose_pair(s, weight_a, weight_b, x)
         # one transposed layer with the weights stacked along the input channels, on a stand-in of which only
