@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 import torch
 
 import lrp
-from lrp.benchmark import _composite_params, _gradient_x_input, build, round_ratios
+from lrp.benchmark import _composite_params, _gradient_x_input, build, in_turn, round_ratios
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -47,18 +47,16 @@ def import_old(commit: str, into: Path):
 
 def timed_rounds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Wall times of each callable, run in turn ``repeats`` times after two warm-up rounds: one list per
-    callable, one entry per round. Each round starts one callable later than the one before (as ``lrp
-    bench`` does), so that no version always runs right after the other. Even so, two runs with the same
+    callable, one entry per round. Each round starts one callable later than the one before
+    (:func:`lrp.benchmark.in_turn`, as ``lrp bench``), so that no version always runs right after the other. Even so, two runs with the same
     code on the paper's model (whose input takes no changed path) gave new ÷ old 1.04 in a fixed order (5
     rounds) and 0.95 rotated (6 rounds): on the paper's model, differences under about 5 % are noise."""
     for _ in range(2):
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
     for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in in_turn(list(runs), round_index):
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)

@@ -86,9 +86,11 @@ __all__ = [
     "Measurement",
     "ResNet50",
     "add_arguments",
+    "in_turn",
     "live_peak_mib",
     "main_from_args",
     "markdown_table",
+    "round_ratios",
     "run",
 ]
 
@@ -429,8 +431,7 @@ def _timing_worker(spec_json: str) -> dict:
     budget = 0.0 if spec["quick"] else TIMED_SECONDS * len(runs)
     rounds, spent = 0, 0.0
     while runs and (rounds < spec["repeats"] or (rounds < TIMED_MAX_RUNS and spent < budget)):
-        order = list(runs)
-        for name in order[rounds % len(order):] + order[:rounds % len(order)]:  # each method first in turn
+        for name in in_turn(list(runs), rounds):
             start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 runs[name](model, x, target)
@@ -620,6 +621,13 @@ def _fmt(value: float | None, digits: str) -> str:
 
 def _ratio(value: float | None, baseline: float | None) -> str:
     return "n/a" if value is None or not baseline else f"{value / baseline:.2f}"
+
+
+def in_turn(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of round ``round_index``: each round starts one name later than the one before, so that every
+    method runs first in turn and none always right after another."""
+    shift = round_index % len(names)
+    return [*names[shift:], *names[:shift]]
 
 
 def round_ratios(times: Sequence[float], base_times: Sequence[float]) -> tuple[float, float, float] | None:
