@@ -48,9 +48,10 @@ def import_old(commit: str, into: Path):
 def timed_rounds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Wall times of each callable, run in turn ``repeats`` times after two warm-up rounds: one list per
     callable, one entry per round. Each round starts one callable later than the one before
-    (:func:`lrp.benchmark.in_turn`, as ``lrp bench``), so that no version always runs right after the other. Even so, two runs with the same
-    code on the paper's model (whose input takes no changed path) gave new ÷ old 1.04 in a fixed order (5
-    rounds) and 0.95 rotated (6 rounds): on the paper's model, differences under about 5 % are noise."""
+    (:func:`lrp.benchmark.in_turn`, as ``lrp bench``), so that no version always runs right after the other.
+    Even so, two runs with the same code on the paper's model (whose input takes no changed path) gave
+    new ÷ old 1.04 in a fixed order (5 rounds) and 0.95 rotated (6 rounds): on the paper's model,
+    differences under about 5 % are noise."""
     for _ in range(2):
         for run in runs.values():
             run()
