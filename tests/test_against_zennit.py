@@ -147,7 +147,8 @@ def _mlp_with_batch_norm() -> nn.Module:
 @pytest.mark.parametrize("model_name", ["mlp-tanh", "mlp-batchnorm"])
 def test_dense_layers_explained_block_by_block_match_zennit(monkeypatch, models, model_name: str, rule: rules.Rule):
     """Calls of large dense layers (VGG-16's 400 MB layer) are explained in blocks of rows (LayerCall.row_blocks);
-    with a 64-byte bound every weight here is, one or two rows per block, BatchNorm folded in per block."""
+    with a 64-byte bound every weight here is, one or two rows per block, BatchNorm folded in per block (except
+    under ε and LRP-0 with their bias, which read the weight once and take every layer whole)."""
     monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 64)
     model = models[model_name] if model_name in models else _mlp_with_batch_norm()
     x = _input("mlp-tanh", signed=True)

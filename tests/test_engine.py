@@ -1553,13 +1553,15 @@ def test_bfloat16_alpha2_beta1_negative_share_is_not_lost_to_rounding() -> None:
     close(relevance.relevance.double(), torch.tensor([[600.0, -300.0]], dtype=DT), rtol=1e-2, atol=0.0)
 
 
-def test_float16_large_dense_layer_is_widened_block_by_block(monkeypatch) -> None:
+@pytest.mark.parametrize("composite", ["alpha2-beta1", "epsilon"])
+def test_float16_large_dense_layer_is_widened_block_by_block(monkeypatch, composite: str) -> None:
     """A 16-bit dense layer explained in row blocks widens each block's rows to float32, never the whole
-    weight, and gives the same relevance as in one piece."""
+    weight, and gives the same relevance as in one piece; also with ε, which takes a layer of any other dtype
+    whole."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).half()
     x = torch.rand(2, 6).half()
-    whole = lrp.explain(model, x, target=1, composite="alpha2-beta1").relevance
+    whole = lrp.explain(model, x, target=1, composite=composite).relevance
     widened_rows = []
     original = lrp.layers.LayerCall.in_float32
 
@@ -1568,6 +1570,32 @@ def test_float16_large_dense_layer_is_widened_block_by_block(monkeypatch) -> Non
         return original(call)
     monkeypatch.setattr(lrp.layers.LayerCall, "in_float32", spy)
     monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 2 * 6 * 2)  # both layers in blocks of one row
-    blocked = lrp.explain(model, x, target=1, composite="alpha2-beta1").relevance
+    blocked = lrp.explain(model, x, target=1, composite=composite).relevance
     assert widened_rows == [1] * (3 + 10)
     close(blocked.double(), whole.double(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("composite, blocks", [("epsilon", []), ("zero", []), (Epsilon(bias=False), [3, 10]),
+                                               ("alpha1-beta0", [3, 10]), ("gamma", [3, 10])], ids=str)
+def test_large_dense_layers_go_in_row_blocks_only_for_rules_that_copy_or_reread_the_weight(
+        monkeypatch, composite: str | Rule, blocks: list[int]) -> None:
+    """ε and LRP-0 read a dense layer's weight once, as it is: a large layer is explained whole (blocks would only
+    add calls). Rules with modified weights (W⁺, W + γW⁺) take it block by block, and so does ε without bias,
+    which runs the layer again first. The relevance is the same."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).double()
+    x = torch.rand(2, 6, dtype=DT)
+    in_one_piece = lrp.explain(model, x, target=1, composite=composite).relevance
+    counted = []
+    original = LayerCall.row_blocks
+
+    def spy(call: LayerCall) -> list:
+        found = original(call)
+        counted.append(len(found))
+        return found
+    monkeypatch.setattr(LayerCall, "row_blocks", spy)
+    monkeypatch.setattr(lrp.layers, "BLOCK_WEIGHT_BYTES", 2 * 6 * 8)  # both layers in blocks of one row
+    relevance = lrp.explain(model, x, target=1, composite=composite).relevance
+    assert counted == blocks
+    close(relevance, in_one_piece)
+

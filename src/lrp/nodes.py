@@ -113,7 +113,9 @@ class LinearRecord:
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
         self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
-        blocks = layer.row_blocks()
+        # in one piece when the rule reads the weight once, unless a 16-bit call would widen all of it to float32
+        whole = self.rule.reads_weight_once() and relevance.dtype not in HALF_PRECISION
+        blocks = None if whole else layer.row_blocks()
         if blocks is None:
             result = _apply_rule(self.rule, layer, relevance)
         else:

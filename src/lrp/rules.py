@@ -71,6 +71,12 @@ class Rule:
         blocks' results are summed (:meth:`LayerCall.row_blocks`)."""
         raise NotImplementedError(f"{self!r} does not apply to layers")
 
+    def reads_weight_once(self) -> bool:
+        """Whether the rule reads a layer's weight once and as it is (no modified copy such as ``W⁺``, no second
+        pass). A large dense layer is then explained whole: row blocks (:meth:`LayerCall.row_blocks`) would
+        only add calls, with nothing to keep in cache between passes."""
+        return False
+
     def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
         """``R / stab(z)`` for rules that split a sum in proportion to its terms."""
         raise NotImplementedError(f"{self!r} does not apply to sums")
@@ -101,6 +107,11 @@ class Epsilon(Rule):
 
     def divide(self, relevance: Tensor, z: Tensor) -> Tensor:
         return divide(relevance, z, self.epsilon)
+
+    def reads_weight_once(self) -> bool:
+        """Yes, in the transposed layer, unless ``bias=False`` runs the layer again first. (VGG-16's classifier
+        at batch 1: 83 ms whole against 92 ms in blocks of 16 MiB.)"""
+        return self.bias
 
     def divide_output(self, relevance: Tensor, z: Tensor, rectified: bool) -> Tensor:
         """``R / stab(z)`` for the layer's (or sum's) own output z; from a rectified z (``relu(z)``, see
