@@ -7,6 +7,8 @@ zeros (a Flat or ZBox layer after it, a target tensor on a ReLU output, z used t
 a BatchNorm unfolded after the ReLU ran, α2β1 or γ, which read z, before a Flat layer)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from conftest import never_rectified
 from torch import nn
 
 import lrp
-from lrp import rules
+from lrp import interception, rules
 from lrp.composites import Weighted
 from lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox
 
@@ -82,21 +84,23 @@ def test_residual_network_divides_by_relu_outputs_with_the_same_numbers(
     torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("composite", ["alpha1-beta0", "epsilon-plus", "alpha2-beta1", "epsilon-alpha2-beta1"])
-def test_layers_after_a_relu_keep_its_output_where_nothing_else_needs_its_input(monkeypatch, composite: str) -> None:
+@pytest.mark.parametrize(("composite", "out_of_place"), [("alpha1-beta0", 3), ("epsilon-plus", 3), ("alpha2-beta1", 5),
+                                                         ("epsilon-alpha2-beta1", 5)])
+def test_layers_after_a_relu_keep_its_output_where_nothing_else_needs_its_input(
+        monkeypatch, composite: str, out_of_place: int) -> None:
     """z⁺ (α1β0) never reads its output z, and α2β1 and the sums' Norm rule read the ReLU's output instead
     after rectification: so the layers after each ReLU keep its output instead of making it again from z
-    (the forward's 5 ReLU calls are all)."""
+    (the forward's ReLU calls out of place are all: 5, or 3 where z⁺ runs each block's first in place)."""
     model, x = _residual()
     calls: list[str] = []
     original = lrp.handlers._call_out_of_place
     monkeypatch.setattr(lrp.handlers, "_call_out_of_place",
                         lambda *a: (calls.append(a[1]) if "relu" in a[1] else None) or original(*a))
     relevance = lrp.explain(model, x, composite=composite).relevance
-    assert len(calls) == 5
+    assert len(calls) == out_of_place
     calls.clear()
     torch.testing.assert_close(relevance, never_rectified(model, x, composite=composite), rtol=0, atol=0)
-    assert len(calls) > 5  # made again for the layers after them
+    assert len(calls) > out_of_place  # made again for the layers after them
 
 
 def test_rectified_gamma_layers_skip_the_split_by_sign(monkeypatch) -> None:
@@ -228,3 +232,95 @@ def test_rectified_layers_hold_no_more_memory() -> None:
     rectified = live_peak_mib(lambda: lrp.explain(model, x))
     unrectified = live_peak_mib(lambda: never_rectified(model, x))
     assert rectified <= unrectified + 0.01
+
+
+# -- ReLUs run in place ------------------------------------------------------------------------------
+@pytest.fixture
+def in_place_relus(monkeypatch) -> list[int]:
+    """Counts the ReLUs that the next explanations run in place (``Trace.relu_in_place``)."""
+    calls: list[int] = []
+    original = interception.ReLUInPlaceFunction.apply
+
+    def counting(z: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        x = original(z)
+        assert x is z
+        return x
+    monkeypatch.setattr(interception.ReLUInPlaceFunction, "apply", counting)
+    return calls
+
+
+def _out_of_place_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ReLU modules and ``functional_in_place`` flags run out of place."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+        if hasattr(module, "functional_in_place"):
+            module.functional_in_place = False
+    return twin
+
+
+def _same_explanations(model: nn.Module, x: torch.Tensor, composite: str) -> None:
+    """Relevance, per-layer relevance and conservation table equal, bit for bit, to the out-of-place twin's."""
+    ours = lrp.explain(model, x, composite=composite, keep_layers=True)
+    twin = lrp.explain(_out_of_place_twin(model), x, composite=composite, keep_layers=True)
+    torch.testing.assert_close(ours.relevance, twin.relevance, rtol=0, atol=0)
+    assert list(ours.layers) == list(twin.layers)
+    for name, relevance in ours.layers.items():
+        torch.testing.assert_close(relevance, twin.layers[name], rtol=0, atol=0, msg=name)
+    assert [(row.layer, row.op, row.rule) for row in ours.rows] == [(row.layer, row.op, row.rule) for row in twin.rows]
+    for row, twin_row in zip(ours.rows, twin.rows):
+        torch.testing.assert_close(row.relevance_in, twin_row.relevance_in, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("composite", "expected"), [("alpha1-beta0", 2), ("epsilon-plus", 2), ("z-plus", 2),
+                                                     ("epsilon", 0), ("epsilon-alpha2-beta1", 0)])
+def test_in_place_relus_after_layers_that_never_read_their_output_run_in_place(
+        in_place_relus: list[int], composite: str, expected: int) -> None:
+    """Each block's first ReLU (in place, after a convolution with a folded BatchNorm whose input the model has
+    let go of) runs in place where that convolution's rule never reads its output (z⁺, α1β0); the ReLUs after
+    the sums (whose Norm rule reads z) and the stem's (not in place) do not. The same numbers as the model with
+    every ReLU out of place, also per layer and in the conservation table."""
+    model, x = _residual()
+    x_before = x.clone()
+    _same_explanations(model, x, composite)
+    assert len(in_place_relus) == expected
+    assert torch.equal(x, x_before)
+
+
+class InPlaceAfterUse(nn.Module):
+    """A dense layer, a BatchNorm and an in-place ReLU, where the model uses a tensor that the ReLU's old values
+    or a later unfolding depend on: ``consumer`` "before" (z feeds another op before the ReLU), "batch norm input"
+    (the BatchNorm's input is used after the ReLU: unfolds the BatchNorm, whose ε rule reads its output),
+    "batch norm after" (a BatchNorm after the ReLU, which must not fold across it)."""
+
+    def __init__(self, consumer: str):
+        super().__init__()
+        self.consumer, self.functional_in_place = consumer, True
+        self.first, self.second, self.aside = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+        self.norm, self.after = nn.BatchNorm1d(8), nn.BatchNorm1d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.first(x)
+        if self.consumer == "before":
+            aside = self.aside(z)
+            return self.second(F.relu(z, inplace=self.functional_in_place)) + aside
+        if self.consumer == "batch norm input":
+            y = F.relu(self.norm(z), inplace=self.functional_in_place)
+            return self.second(y) + self.aside(z)
+        return self.second(self.after(F.relu(z, inplace=self.functional_in_place)))
+
+
+@pytest.mark.parametrize("consumer", ["before", "batch norm input", "batch norm after"])
+@pytest.mark.parametrize("composite", ["alpha1-beta0", "epsilon-plus"])
+def test_in_place_relus_whose_old_values_are_still_needed_run_out_of_place(
+        in_place_relus: list[int], consumer: str, composite: str) -> None:
+    torch.manual_seed(5)
+    x = torch.randn(5, 6, dtype=DT)
+    model = _randomised(InPlaceAfterUse(consumer), x)
+    with torch.no_grad():
+        model.first.bias.sub_(0.5)  # many zeros after the ReLU
+    _same_explanations(model, x, composite)
+    # only the last case runs in place, where the dense layer's rule never reads its output (α1β0, not ε+'s ε)
+    assert len(in_place_relus) == (1 if consumer == "batch norm after" and composite == "alpha1-beta0" else 0)

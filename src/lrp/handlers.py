@@ -189,7 +189,7 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         entry.batch_norm = record
     y = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
     if folded:
-        trace.produce(y, entry.producer, record)
+        trace.produce(y, entry.producer, record, entry.ref)
     return y
 
 
@@ -318,13 +318,17 @@ def _activation(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     if not (isinstance(x, Tensor) and x.requires_grad) or len(path_tensors(args, kwargs)) > 1:
         trace.unsupported(f"{op} with an input-dependent parameter")
         return func(*args, **kwargs)
+    short = short_name(op)
+    relu = short in ("relu", "relu_")
+    if relu and is_in_place(func, op, args, kwargs):
+        y = trace.relu_in_place(x)
+        if y is not None:
+            return y
     y = pass_through(x, lambda: _call_out_of_place(func, op, args, kwargs))
     if "sigmoid" in op:  # explained as the logit when it is the model's last op
         trace.normalize(y, x, op, allowed_inside=True)
     if args and args[0] is x:
         rest = args[1:]
-        short = short_name(op)
-        relu = short in ("relu", "relu_")
         activation = Activation(lambda t: _call_out_of_place(func, op, (t, *rest), kwargs), short in _NON_NEGATIVE,
                                 times_relu if relu else None)
         trace.recomputable[id(y)] = Recomputable(weakref.ref(y), x.detach(), activation)

@@ -29,6 +29,7 @@ __all__ = [
     "Normalized",
     "PassFunction",
     "Produced",
+    "ReLUInPlaceFunction",
     "Recomputable",
     "RecordFunction",
     "Rectifiable",
@@ -189,6 +190,7 @@ class Produced:
     ref: weakref.ref
     record: LinearRecord | SumRecord
     batch_norm: BatchNormRecord | None = None
+    batch_norm_input: weakref.ref | None = None  # the folded BatchNorm's input, which a later use would unfold
     consumers: int = 0
 
 
@@ -323,6 +325,20 @@ def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in ``dtype``: a 16-bit layer's float32 result (see :func:`layers.widened`) converted back, others as
     they are (without the call of a no-op ``t.to``)."""
     return t if t.dtype == dtype else t.to(dtype)
+
+
+class ReLUInPlaceFunction(Function):
+    """``relu_`` of a tensor whose old values nothing reads any more (see ``Trace.relu_in_place``): run in
+    place, as the model asked; relevance passes unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.mark_dirty(x)
+        return x.relu_()
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor) -> Tensor:
+        return relevance
 
 
 def pass_through(x: Tensor, compute: Callable[[], Tensor], mask: Tensor | None = None) -> Tensor:
