@@ -262,10 +262,10 @@ class Trace(TorchFunctionMode):
         """``relu_(z)`` in place, as the model asked, where nothing can read z's old values any more: a linear op
         whose rule never reads its output (z⁺, α1β0) made z, the ReLU is z's only consumer so far (later ones
         take the ReLU's output, as the model's in-place op means them to), and, with a BatchNorm folded into
-        that op, the model has let go of the BatchNorm's input (a later use of it would unfold the BatchNorm, whose rule reads z, see
-        :func:`~lrp.nodes.unfold`). Returns the ReLU's output, z itself; None elsewhere (the ReLU then runs out
-        of place). Saves the output's memory: for a large tensor, fresh pages on every call (VGG-16 batch 8,
-        ``epsilon-plus``: 9 % fewer page faults, 6 % less time)."""
+        that op, the model has let go of the BatchNorm's input (a later use of it would unfold the BatchNorm,
+        whose rule reads z, see :func:`~lrp.nodes.unfold`). Returns the ReLU's output, z itself; None elsewhere
+        (the ReLU then runs out of place). Saves the output's memory: for a large tensor, fresh pages on every
+        call (VGG-16 batch 8, ``epsilon-plus``: 9 % fewer page faults, 6 % less time)."""
         produced = self.produced_by(z)
         if (produced is None or produced.consumers != 1 or not ignores_output(produced.record.rule)
                 or (produced.batch_norm_input is not None and produced.batch_norm_input() is not None)):
