@@ -46,14 +46,16 @@ def assert_relevance_close(ours: Tensor, reference: Tensor, tolerance: float = R
 
 
 def never_rectified(model: nn.Module, x: Tensor, **kwargs) -> Tensor:
-    """``lrp.explain(model, x, **kwargs).relevance`` with every ReLU's input kept and every producer dividing
-    by ``stab(z)`` (``Trace._rectify`` switched off): the reference for rectification."""
-    original = interception.Trace.__dict__["_rectify"]
+    """``lrp.explain(model, x, **kwargs).relevance`` with every ReLU's input kept (or, under a ReLU run in place,
+    made again) and every producer dividing by ``stab(z)`` (``Trace._rectify`` switched off, every ReLU output
+    taken as if relevance could reach its zeros): the reference for rectification."""
+    original, proportional = interception.Trace.__dict__["_rectify"], interception._proportional_throughout
     interception.Trace._rectify = staticmethod(lambda entry: None)
+    interception._proportional_throughout = lambda entry, ends: False
     try:
         return lrp.explain(model, x, **kwargs).relevance
     finally:
-        interception.Trace._rectify = original
+        interception.Trace._rectify, interception._proportional_throughout = original, proportional
 
 
 # -- models ----------------------------------------------------------------------------------------

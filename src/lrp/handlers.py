@@ -35,6 +35,7 @@ from .nodes import (
     Foldable,
     LinearRecord,
     MaxPoolFunction,
+    Produced,
     Recomputable,
     RecordFunction,
     SumFunction,
@@ -93,15 +94,17 @@ def _input_first(trace: Trace, op: str, args: tuple, kwargs: dict, what: str) ->
     return None
 
 
-def _weighted(trace: Trace, op: str, x: Tensor, linear_map: LinearMap, family: type[Family],
-              weight: Tensor, bias: Tensor | None, compute: Callable[[], Tensor]) -> Tensor:
+def _weighted(trace: Trace, func, op: str, args: tuple, kwargs: dict, linear_map: LinearMap, family: type[Family],
+              weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``func(*args, **kwargs)``, a linear op of its first argument x, explained with the composite's rule."""
+    x, rest = args[0], args[1:]
     record = LinearRecord(trace, trace.next_index(), trace.name, op, trace.rule(family, op), linear_map,
                            weight.detach(), None if bias is None else bias.detach(), x_source=trace.source_of(x))
     trace.taken_by(x, record, record.rule)
-    z = RecordFunction.apply(x, record, compute)
+    z = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
     if linear_map.channel_dim(z) == 1:
         trace.foldable[id(z)] = Foldable(weakref.ref(z), record)
-    trace.produce(z, record)
+    trace.produce(z, record, remake=lambda t: func(t, *rest, **kwargs))  # (holds no tensor of the forward's)
     return z
 
 
@@ -110,7 +113,7 @@ def _linear(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     if x is None:
         return func(*args, **kwargs)
     weight, bias = _argument(args, kwargs, 1, "weight"), _argument(args, kwargs, 2, "bias")
-    return _weighted(trace, op, x, Dense(), families.Dense, weight, bias, lambda: func(*args, **kwargs))
+    return _weighted(trace, func, op, args, kwargs, Dense(), families.Dense, weight, bias)
 
 
 def _matmul(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
@@ -121,7 +124,7 @@ def _matmul(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
     if other.dim() != 2:
         trace.unsupported(f"{op} with a {other.dim()}-D right-hand operand")
         return func(*args, **kwargs)
-    return _weighted(trace, op, x, Dense(), families.Dense, other.t(), None, lambda: func(*args, **kwargs))
+    return _weighted(trace, func, op, args, kwargs, Dense(), families.Dense, other.t(), None)
 
 
 def _convolution(transposed: bool):
@@ -145,7 +148,7 @@ def _convolution(transposed: bool):
         if isinstance(padding, str):
             padding, extra = _explicit_padding(padding, weight.shape[2:], dilation)
         linear_map = Convolution(stride, _tuple(padding, dims), dilation, groups, transposed, output_padding, extra)
-        return _weighted(trace, op, x, linear_map, families.Convolution, weight, bias, lambda: func(*args, **kwargs))
+        return _weighted(trace, func, op, args, kwargs, linear_map, families.Convolution, weight, bias)
     return handler
 
 
@@ -189,8 +192,20 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
         entry.batch_norm = record
     y = RecordFunction.apply(x, record, lambda: func(*args, **kwargs))
     if folded:
-        trace.produce(y, entry.producer, record, entry.ref)
+        remake = _remake_with_batch_norm(trace.produced_by(x), func, args, kwargs, training)
+        trace.produce(y, entry.producer, record, entry.ref, remake)
     return y
+
+
+def _remake_with_batch_norm(produced: Produced | None, func, args: tuple, kwargs: dict,
+                            training: bool) -> Callable[[Tensor], Tensor] | None:
+    """``z ↦ func(z, *args[1:], **kwargs)`` after the op that made ``produced``: how to make a BatchNorm's output
+    again from the input of the op folded into it; None where that op cannot, or with batch statistics (the
+    BatchNorm would update its running statistics again)."""
+    if training or produced is None or produced.remake is None:
+        return None
+    remake, rest = produced.remake, args[1:]
+    return lambda t: func(remake(t), *rest, **kwargs)
 
 
 def _parameter_free(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tensor:
@@ -218,6 +233,7 @@ def _max_pool(dims: int):
         ceil_mode = bool(_argument(args, kwargs, 5, "ceil_mode", False))
         return_indices = op.endswith("_with_indices") or bool(_argument(args, kwargs, 6, "return_indices", False))
         out, indices = MaxPoolFunction.apply(x, dims, kernel, stride, padding, dilation, ceil_mode)
+        trace.relay(x, out)
         return (out, indices) if return_indices else out
     return handler
 
@@ -344,8 +360,19 @@ def _normalizer(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     return y
 
 
+_RELAYS = set("view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes swapdims movedim squeeze "
+              "unsqueeze contiguous clone narrow select index_select __getitem__ expand expand_as repeat tile flip "
+              "roll to type float double half bfloat16 cpu cuda max_pool1d adaptive_max_pool1d adaptive_max_pool2d "
+              "adaptive_max_pool3d dropout dropout1d dropout2d dropout3d".split())
+"""Ops of one input whose output elements are its elements (or multiples of them, dropout): where every op that
+takes the output gives relevance in proportion to it, none reaches the input's zeros (see ``Trace.relay``)."""
+
+
 def _gradient(trace: Trace, func, op: str, args: tuple, kwargs: dict):
-    return _call_out_of_place(func, op, args, kwargs)
+    result = _call_out_of_place(func, op, args, kwargs)
+    if short_name(op) in _RELAYS and isinstance(result, Tensor) and args and isinstance(args[0], Tensor):
+        trace.relay(args[0], result)
+    return result
 
 
 def _functions(names: str, *owners) -> list[Callable]:

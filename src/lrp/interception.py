@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -41,6 +42,17 @@ from .nodes import (
 from .rules import Rule, ignores_output, proportional_to_input, takes_rectified_output
 
 __all__ = ["Trace"]
+
+
+def _proportional_throughout(entry: Rectifiable, ends: set[int]) -> bool:
+    """Whether no relevance can reach the zeros of the ReLU output ``entry`` stands for: it is not a model
+    output, something took it, and every op that took it gives relevance in proportion to it or relays its
+    elements (see ``Trace.relay``) to ops that do throughout."""
+    x = entry.ref()
+    if x is not None and id(x) in ends:
+        return False
+    relayed = sum(_proportional_throughout(relay, ends) for relay in entry.relays)
+    return entry.consumers > 0 and entry.proportional + relayed == entry.consumers
 
 
 _METADATA = frozenset({
@@ -77,8 +89,9 @@ class Trace(TorchFunctionMode):
         self.superseded: dict[int, weakref.ref] = {}  # inputs of in-place ops, now stale
         self.recomputable: dict[int, Recomputable] = {}
         self.produced: dict[int, Produced] = {}
-        self.rectifiable: dict[int, Rectifiable] = {}  # ReLU outputs the model still holds
+        self.rectifiable: dict[int, Rectifiable] = {}  # ReLU outputs the model still holds, or run in place
         self.undecided: list[Rectifiable] = []  # ReLU outputs let go of while their z is still held
+        self.in_place: list[Rectifiable] = []  # ReLUs run in place over z, decided on after the forward
         self.deferred: list[tuple[BatchNormRecord, RunningStatistics]] = []  # BatchNorm maps made after the forward
         self._handles: list[Any] = []
         # relevance that logged ops returned and no op has received yet: id -> (weak reference, version,
@@ -105,6 +118,7 @@ class Trace(TorchFunctionMode):
             if exc[0] is not None:
                 self.rectifiable.clear()
                 self.undecided.clear()
+                self.in_place.clear()
                 self.deferred.clear()
 
     def _forget_forward(self) -> None:
@@ -236,12 +250,13 @@ class Trace(TorchFunctionMode):
         return entry if entry is not None and entry.ref() is x else None
 
     def produce(self, z: Tensor, record: LinearRecord | SumRecord, batch_norm: BatchNormRecord | None = None,
-                batch_norm_input: weakref.ref | None = None) -> None:
+                batch_norm_input: weakref.ref | None = None, remake: Callable[[Tensor], Tensor] | None = None) -> None:
         """``record`` (through ``batch_norm`` folded into it, if given, whose input ``batch_norm_input`` refers to)
         made ``z``: note it, and its consumers from now on, where the rule can take ``relu(z)`` in its place or
-        never reads z (see :meth:`watch_relu`, :meth:`relu_in_place`)."""
+        never reads z (see :meth:`watch_relu`, :meth:`relu_in_place`). ``remake``: z from the linear op's input,
+        the same numbers, where that can be done."""
         if takes_rectified_output(record.rule) or ignores_output(record.rule):
-            self.produced[id(z)] = Produced(weakref.ref(z), record, batch_norm, batch_norm_input)
+            self.produced[id(z)] = Produced(weakref.ref(z), record, batch_norm, batch_norm_input, remake)
 
     def produced_by(self, z: Tensor) -> Produced | None:
         """The entry of ``z`` when a rule that can take ``relu(z)`` in its place or never reads z made it, else
@@ -259,20 +274,41 @@ class Trace(TorchFunctionMode):
                 entry.takers.append(record)
 
     def relu_in_place(self, z: Tensor) -> Tensor | None:
-        """``relu_(z)`` in place, as the model asked, where nothing can read z's old values any more: a linear op
-        whose rule never reads its output (z⁺, α1β0) made z, the ReLU is z's only consumer so far (later ones
-        take the ReLU's output, as the model's in-place op means them to), and, with a BatchNorm folded into
-        that op, the model has let go of the BatchNorm's input (a later use of it would unfold the BatchNorm,
-        whose rule reads z, see :func:`~lrp.nodes.unfold`). Returns the ReLU's output, z itself; None elsewhere
-        (the ReLU then runs out of place). Saves the output's memory: for a large tensor, fresh pages on every
-        call (VGG-16 batch 8, ``epsilon-plus``: 9 % fewer page faults, 6 % less time)."""
+        """``relu_(z)`` in place, as the model asked, where z's old values are not needed or can be made again:
+        a linear op or sum made z, the ReLU is z's only consumer so far (later ones take the ReLU's output, as
+        the model's in-place op means them to), and, with a BatchNorm folded into that op, the model has let go
+        of the BatchNorm's input (a later use of it would unfold the BatchNorm, whose rule reads z, see
+        :func:`~lrp.nodes.unfold`). Where the op's rule reads z (ε, γ, α2β1, the sums' Norm), it is decided
+        after the forward as for a ReLU out of place (see :meth:`_rectify`) whether the rule takes relu(z) in
+        its place, or z made again from the op's input, with the same op (and BatchNorm) or from the sum's
+        terms. Returns the ReLU's output, z itself; None elsewhere (the ReLU then runs out of place). Saves
+        the output's memory: for a large tensor, fresh pages on every call (VGG-16 batch 8,
+        ``epsilon-plus``: 9 % fewer page faults, 6 % less time)."""
         produced = self.produced_by(z)
-        if (produced is None or produced.consumers != 1 or not ignores_output(produced.record.rule)
+        if (produced is None or produced.consumers != 1
                 or (produced.batch_norm_input is not None and produced.batch_norm_input() is not None)):
+            return None
+        reads_z = not ignores_output(produced.record.rule)
+        if reads_z and produced.remake is None and not isinstance(produced.record, SumRecord):
             return None
         x = ReLUInPlaceFunction.apply(z)
         self.recomputable[id(x)] = Recomputable(weakref.ref(x), x.detach(), KEPT_RELU_OUTPUT)  # (never negative)
+        if reads_z:  # x is z: counted as x from now on
+            del self.produced[id(z)]
+            entry = Rectifiable(weakref.ref(x), None, produced, in_place=True)  # (the record keeps x's memory)
+            self.rectifiable[id(x)] = entry
+            self.in_place.append(entry)
         return x
+
+    def relay(self, x: Tensor, y: Tensor) -> None:
+        """``y = op(x)``, whose elements are x's (max pooling, reshaping): where x is the output of a ReLU run in
+        place, y's consumers decide in the op's place whether x's zeros can receive relevance (see
+        :meth:`_rectify`)."""
+        entry = self.rectifiable.get(id(x))
+        if entry is not None and entry.ref() is x and entry.in_place:
+            relay = Rectifiable(weakref.ref(y), None, entry.produced, in_place=True)
+            self.rectifiable[id(y)] = relay
+            entry.relays.append(relay)
 
     def watch_relu(self, x: Tensor, z: Tensor) -> None:
         """``x = relu(z)``: when ``z`` came from a rule that can take x in its place or never reads z, note x's
@@ -298,7 +334,8 @@ class Trace(TorchFunctionMode):
         """Called after the forward with the model's outputs: decides on every ReLU output not decided on yet
         (see :meth:`_rectify`) and forgets them."""
         ends = {id(t) for t in outputs}
-        entries = [*self.undecided, *self.rectifiable.values()]
+        entries = [*self.undecided, *(entry for entry in self.rectifiable.values() if not entry.in_place)]
+        in_place, self.in_place = self.in_place, []
         self.undecided, self.rectifiable = [], {}
         for entry in entries:
             x = entry.ref()
@@ -306,6 +343,8 @@ class Trace(TorchFunctionMode):
                 entry.kept = None
             else:
                 self._rectify(entry)
+        for entry in in_place:
+            self._rectify_in_place(entry, ends)
 
     @staticmethod
     def _rectify(entry: Rectifiable) -> None:
@@ -333,6 +372,24 @@ class Trace(TorchFunctionMode):
         record.z_rectified = reads_z
         if batch_norm is not None:
             batch_norm.y = None
+
+    @staticmethod
+    def _rectify_in_place(entry: Rectifiable, ends: set[int]) -> None:
+        """After the forward, for ``x = relu_(z)`` run in place over z (:meth:`relu_in_place`), whose producer's
+        rule reads z: where every op that took x, or took it through relays (:meth:`relay`), gives relevance in
+        proportion to it, the producer takes x in z's place (see :meth:`_rectify`); otherwise it needs z's
+        negative values, made again in the backward from its input (``LinearRecord.remake``) or its terms (a
+        sum)."""
+        produced = entry.produced
+        record, batch_norm = produced.record, produced.batch_norm
+        if _proportional_throughout(entry, ends):
+            record.z_rectified = True  # record.z is x's tensor already
+            if batch_norm is not None:
+                batch_norm.y = None
+        else:
+            record.z = None
+            if isinstance(record, LinearRecord):
+                record.remake = produced.remake
 
     def defer_affine(self, record: BatchNormRecord, statistics: RunningStatistics) -> None:
         """Make ``record``'s map from ``statistics`` after the forward pass, with the other BatchNorms' (see

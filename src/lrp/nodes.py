@@ -98,6 +98,7 @@ class LinearRecord:
     scale_positive: bool | None = None  # whether the folded scale is positive everywhere, where known
     x_source: Recomputable | None = None  # x = activation(source), made again when needed, not kept
     z_rectified: bool = False  # z holds relu(z) (see Trace.rectify)
+    remake: Callable[[Tensor], Tensor] | None = None  # z = remake(x): z's values were overwritten (see Trace._rectify)
 
     def keep(self, x: Tensor, z: Tensor) -> None:
         self.z = z.detach()
@@ -105,15 +106,17 @@ class LinearRecord:
             self.x = x.detach()
 
     def layer_call(self) -> LayerCall:
-        if self.x_source is None:
-            return LayerCall(self.linear_map, self.x, self.z, self.weight, self.bias, self.folded,
-                             z_rectified=self.z_rectified, scale_positive=self.scale_positive)
-        return LayerCall(self.linear_map, self.x_source.source, self.z, self.weight, self.bias, self.folded,
-                         self.x_source.activation, z_rectified=self.z_rectified, scale_positive=self.scale_positive)
+        source, activation = (self.x, None) if self.x_source is None else (self.x_source.source,
+                                                                            self.x_source.activation)
+        layer = LayerCall(self.linear_map, source, self.z, self.weight, self.bias, self.folded, activation,
+                          z_rectified=self.z_rectified, scale_positive=self.scale_positive)
+        if self.remake is not None:  # the same op (and folded BatchNorm) on the same input: the same numbers
+            layer.z = self.remake(layer.x)
+        return layer
 
     def backward(self, relevance: Tensor) -> Tensor:
         layer = self.layer_call()
-        self.x = self.z = self.x_source = None  # the rule may release them early (LayerCall.release)
+        self.x = self.z = self.x_source = self.remake = None  # the rule may release them early (LayerCall.release)
         # in one piece when the rule reads the weight once, unless a 16-bit call would widen all of it to float32
         whole = self.rule.reads_weight_once() and relevance.dtype not in HALF_PRECISION
         blocks = None if whole else layer.row_blocks()
@@ -191,6 +194,7 @@ class Produced:
     record: LinearRecord | SumRecord
     batch_norm: BatchNormRecord | None = None
     batch_norm_input: weakref.ref | None = None  # the folded BatchNorm's input, which a later use would unfold
+    remake: Callable[[Tensor], Tensor] | None = None  # z from the linear op's input, where that is exact
     consumers: int = 0
 
 
@@ -199,7 +203,12 @@ class Rectifiable:
     """A ReLU's output ``x = relu(z)`` with ``z`` from ``produced``, and the ops that took x so far: how many,
     how many of them give relevance in proportion to x, and the linear ops among them (which keep z to
     make x again), see ``Trace.rectify``. ``kept`` (a detached alias of x) keeps x's memory until that is
-    decided; ``ref`` is a weak reference to x itself, which reports when the model lets go of x."""
+    decided; ``ref`` is a weak reference to x itself, which reports when the model lets go of x.
+
+    ``in_place``: the ReLU ran in place over z (``Trace.relu_in_place``), so x is z's tensor, decided on after
+    the forward (x's memory is the producer's z: ``kept`` is None); ``relays``: the outputs of ops that took x
+    and route its elements unchanged (max pooling, reshaping), each with its own consumers (``produced`` unused
+    there), which count as proportional where every op that took them is."""
 
     ref: weakref.ref
     kept: Tensor | None
@@ -207,6 +216,8 @@ class Rectifiable:
     consumers: int = 0
     proportional: int = 0
     takers: list[LinearRecord] = field(default_factory=list)
+    in_place: bool = False
+    relays: list[Rectifiable] = field(default_factory=list)
 
 
 class Normalized(NamedTuple):
@@ -253,9 +264,7 @@ class SumFunction(Function):
     @staticmethod
     def forward(ctx, record: SumRecord, coefficients: tuple[float, ...], *tensors: Tensor) -> Tensor:
         terms = [t.detach() * c if c != 1 else t.detach() for t, c in zip(tensors, coefficients)]
-        z = terms[0]
-        for term in terms[1:]:
-            z = z + term
+        z = _summed(terms)
         record.terms, record.z = terms, z.detach()  # detached: the record must not hold its own output
         ctx.record, ctx.shapes = record, [t.shape for t in tensors]
         return z
@@ -264,7 +273,10 @@ class SumFunction(Function):
     def backward(ctx, relevance: Tensor):
         record = ctx.record
         dtypes = [term.dtype for term in record.terms]
-        relevance, z = widened(relevance), widened(record.z)  # float32 for 16-bit sums (see layers.widened)
+        # z is None where a ReLU ran in place over it and the rule needs its negative values: made again from the
+        # terms, the same numbers (see Trace._rectify)
+        z = _summed(record.terms) if record.z is None else record.z
+        relevance, z = widened(relevance), widened(z)  # float32 for 16-bit sums (see layers.widened)
         s = record.rule.divide_output(relevance, z, record.z_rectified)
         *others, last = [widened(term) for term in record.terms]
         shares = [(term * s).sum_to_size(shape) for term, shape in zip(others, ctx.shapes)]
@@ -275,6 +287,14 @@ class SumFunction(Function):
         record.trace.log(record, relevance, shares)
         record.terms, record.z = [], None
         return (None, None, *(_in_dtype(share, dtype) for share, dtype in zip(shares, dtypes)))
+
+
+def _summed(terms: list[Tensor]) -> Tensor:
+    """``terms[0] + terms[1] + …``, always in this order (a sum made again equals the forward's bit for bit)."""
+    z = terms[0]
+    for term in terms[1:]:
+        z = z + term
+    return z
 
 
 class PassFunction(Function):
@@ -328,8 +348,8 @@ def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class ReLUInPlaceFunction(Function):
-    """``relu_`` of a tensor whose old values nothing reads any more (see ``Trace.relu_in_place``): run in
-    place, as the model asked; relevance passes unchanged."""
+    """``relu_`` of a tensor whose old values nothing reads any more, or that can be made again (see
+    ``Trace.relu_in_place``): run in place, as the model asked; relevance passes unchanged."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
