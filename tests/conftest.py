@@ -50,7 +50,7 @@ def never_rectified(model: nn.Module, x: Tensor, **kwargs) -> Tensor:
     made again) and every producer dividing by ``stab(z)`` (``Trace._rectify`` switched off, every ReLU output
     taken as if relevance could reach its zeros): the reference for rectification."""
     original, proportional = interception.Trace.__dict__["_rectify"], interception._proportional_throughout
-    interception.Trace._rectify = staticmethod(lambda entry: None)
+    interception.Trace._rectify = staticmethod(lambda entry, ends: None)
     interception._proportional_throughout = lambda entry, ends: False
     try:
         return lrp.explain(model, x, **kwargs).relevance

@@ -1371,13 +1371,18 @@ def test_no_global_hooks_or_function_modes_left() -> None:
 @pytest.mark.parametrize("composite,params,keep_layers", [
     ("epsilon", {}, False), ("epsilon-gamma-box", {"low": -3.0, "high": 3.0}, True), ("alpha2-beta1", {}, False),
 ])
-@pytest.mark.parametrize("model", ["residual", "softmax"])
+@pytest.mark.parametrize("model", ["residual", "softmax", "pooled", "pooled in place"])
 def test_explanation_leaves_no_reference_cycles(model: str, composite: str, params: dict,
                                                 keep_layers: bool) -> None:
     """Everything a call allocates is freed by reference counting when its result is dropped; tensors
-    kept alive by a cycle until the garbage collector runs fragment the heap call after call."""
-    net = ResBlockNet().to(DT) if model == "residual" else nn.Sequential(_mlp(), nn.Softmax(dim=1))
-    x = torch.randn(3, *((2, 4, 4) if model == "residual" else (5,)), dtype=DT)
+    kept alive by a cycle until the garbage collector runs fragment the heap call after call. ("pooled": a
+    ReLU's output decided on through max pooling and flattening, see ``Trace.relay``.)"""
+    if model.startswith("pooled"):
+        net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=model.endswith("in place")),
+                            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)).to(DT)
+    else:
+        net = ResBlockNet().to(DT) if model == "residual" else nn.Sequential(_mlp(), nn.Softmax(dim=1))
+    x = torch.randn(3, *((2, 4, 4) if model != "softmax" else (5,)), dtype=DT)
     lrp.explain(net, x, composite=composite, keep_layers=keep_layers, **params)
     gc.collect()
     gc.disable()

@@ -90,7 +90,8 @@ class Trace(TorchFunctionMode):
         self.recomputable: dict[int, Recomputable] = {}
         self.produced: dict[int, Produced] = {}
         self.rectifiable: dict[int, Rectifiable] = {}  # ReLU outputs the model still holds, or run in place
-        self.undecided: list[Rectifiable] = []  # ReLU outputs let go of while their z is still held
+        self.relays: dict[int, Rectifiable] = {}  # outputs of ops that pass on a ReLU output's elements (see relay)
+        self.undecided: list[Rectifiable] = []  # ReLU outputs let go of, decided on after the forward unless before
         self.in_place: list[Rectifiable] = []  # ReLUs run in place over z, decided on after the forward
         self.deferred: list[tuple[BatchNormRecord, RunningStatistics]] = []  # BatchNorm maps made after the forward
         self._handles: list[Any] = []
@@ -117,6 +118,7 @@ class Trace(TorchFunctionMode):
             self._forget_forward()
             if exc[0] is not None:
                 self.rectifiable.clear()
+                self.relays.clear()
                 self.undecided.clear()
                 self.in_place.clear()
                 self.deferred.clear()
@@ -224,7 +226,7 @@ class Trace(TorchFunctionMode):
                 entry.consumers += 1
                 if entry.batch_norm is not None and entry.batch_norm.producer is not None:
                     unfold(entry, tensor)
-            for table in (self.produced, self.rectifiable):
+            for table in (self.produced, self.rectifiable, self.relays):
                 counted = table.get(key)
                 if counted is not None and counted.ref() is tensor:
                     counted.consumers += 1
@@ -267,11 +269,19 @@ class Trace(TorchFunctionMode):
     def taken_by(self, x: Tensor, record: LinearRecord | None, rule: Rule) -> None:
         """An op explained with ``rule`` (its record, or None for a sum) took ``x``: where x is a watched ReLU
         output, note the record and whether the op gives x relevance in proportion to x."""
-        entry = self.rectifiable.get(id(x))
-        if entry is not None and entry.ref() is x:
+        entry = self._watched(x)
+        if entry is not None:
             entry.proportional += proportional_to_input(rule)
-            if record is not None:
+            if record is not None and entry.root is None:
                 entry.takers.append(record)
+
+    def _watched(self, x: Tensor) -> Rectifiable | None:
+        """The entry of ``x`` when it is a watched ReLU output or an op's output that relays one's elements."""
+        for table in (self.rectifiable, self.relays):
+            entry = table.get(id(x))
+            if entry is not None and entry.ref() is x:
+                return entry
+        return None
 
     def relu_in_place(self, z: Tensor) -> Tensor | None:
         """``relu_(z)`` in place, as the model asked, where z's old values are not needed or can be made again:
@@ -301,19 +311,33 @@ class Trace(TorchFunctionMode):
         return x
 
     def relay(self, x: Tensor, y: Tensor) -> None:
-        """``y = op(x)``, whose elements are x's (max pooling, reshaping): where x is the output of a ReLU run in
-        place, y's consumers decide in the op's place whether x's zeros can receive relevance (see
-        :meth:`_rectify`)."""
-        entry = self.rectifiable.get(id(x))
-        if entry is not None and entry.ref() is x and entry.in_place:
-            relay = Rectifiable(weakref.ref(y), None, entry.produced, in_place=True)
-            self.rectifiable[id(y)] = relay
-            entry.relays.append(relay)
+        """``y = op(x)``, whose elements are x's (max pooling, reshaping): where x is a watched ReLU output (or
+        relays one) whose producer's rule reads z, y's consumers decide in the op's place whether x's zeros can
+        receive relevance (see :func:`_proportional_throughout`). A ReLU out of place is then decided on once
+        the model has let go of x and of every such y, or after the forward."""
+        entry = self._watched(x)
+        if entry is None or not takes_rectified_output(entry.produced.record.rule):
+            return
+        if y is x:  # (``contiguous`` of a contiguous tensor, ...): y's consumers are counted as x's
+            entry.consumers -= 1
+            return
+        root = entry if entry.root is None else entry.root
+        key = id(y)
+
+        def released(_) -> None:
+            relay = self.relays.pop(key, None)
+            if relay is not None:
+                self._let_go(relay.root)
+        relay = Rectifiable(weakref.ref(y, None if root.in_place else released), None, entry.produced,
+                            in_place=root.in_place, root=root)
+        root.pending += 1
+        self.relays[key] = relay
+        entry.relays.append(relay)
 
     def watch_relu(self, x: Tensor, z: Tensor) -> None:
         """``x = relu(z)``: when ``z`` came from a rule that can take x in its place or never reads z, note x's
-        consumers from now on, to be decided on (see :meth:`rectify`) once the model lets go of x, or else
-        after the forward."""
+        consumers from now on, to be decided on (see :meth:`rectify`) once the model lets go of x (and of the
+        ops' outputs that relay it, see :meth:`relay`), or else after the forward."""
         produced = self.produced_by(z)
         if produced is None:
             return
@@ -322,13 +346,18 @@ class Trace(TorchFunctionMode):
         def released(_) -> None:
             self.recomputable.pop(key, None)  # x can no longer be asked for: let go of its alias of z
             entry = self.rectifiable.pop(key, None)
-            if entry is None:
-                return
-            if entry.produced.ref() is None:  # z too is gone: no op can take either any more
-                self._rectify(entry)
-            else:
+            if entry is not None:
                 self.undecided.append(entry)
+                self._let_go(entry)
         self.rectifiable[key] = Rectifiable(weakref.ref(x, released), x.detach(), produced)
+
+    def _let_go(self, entry: Rectifiable) -> None:
+        """The model let go of the ReLU output x of ``entry`` or of a relay's output: decided on (:meth:`_rectify`)
+        when it was the last of them and z too is gone (no op can take any of them any more), else after the
+        forward (``entry`` is in :attr:`undecided` once x is gone)."""
+        entry.pending -= 1
+        if entry.pending == 0 and entry.produced.ref() is None:
+            self._rectify(entry, set())
 
     def rectify(self, *outputs: Tensor) -> None:
         """Called after the forward with the model's outputs: decides on every ReLU output not decided on yet
@@ -336,18 +365,20 @@ class Trace(TorchFunctionMode):
         ends = {id(t) for t in outputs}
         entries = [*self.undecided, *(entry for entry in self.rectifiable.values() if not entry.in_place)]
         in_place, self.in_place = self.in_place, []
-        self.undecided, self.rectifiable = [], {}
+        self.undecided, self.rectifiable, self.relays = [], {}, {}
         for entry in entries:
             x = entry.ref()
             if x is not None and id(x) in ends:
                 entry.kept = None
             else:
-                self._rectify(entry)
+                self._rectify(entry, ends)
         for entry in in_place:
             self._rectify_in_place(entry, ends)
+        for entry in (*entries, *in_place):
+            entry.relays.clear()  # (each relay refers to its root: no cycle left to the garbage collector)
 
     @staticmethod
-    def _rectify(entry: Rectifiable) -> None:
+    def _rectify(entry: Rectifiable, ends: set[int]) -> None:
         """``x = relu(z)``, and neither x nor z can gain consumers any more; z fed only the ReLU. Where z's
         producer never reads z (z⁺, α1β0), nothing needs z but the linear ops that took x, to make x again.
         Where every op that took x gives relevance in proportion to x, the relevance reaching z is zero
@@ -357,13 +388,13 @@ class Trace(TorchFunctionMode):
         cases the producer and the linear ops that took x keep x, and z is freed: a pass fewer per layer that
         took x (it need not make x again), and one or two more per ε or γ producer (ResNet-50 with ε: the first
         two convolutions of every bottleneck and every residual sum). Otherwise x is let go of, and z kept as
-        before."""
+        before. Decided once (``kept`` is None afterwards); ``ends``: the ids of the model's outputs."""
         kept, entry.kept = entry.kept, None
         produced = entry.produced
         record, batch_norm = produced.record, produced.batch_norm
         reads_z = takes_rectified_output(record.rule)
         if (kept is None or produced.consumers != 1
-                or (reads_z and (entry.proportional == 0 or entry.proportional != entry.consumers))
+                or (reads_z and not _proportional_throughout(entry, ends))
                 or (batch_norm is not None and batch_norm.producer is not record)):
             return
         for taker in entry.takers:

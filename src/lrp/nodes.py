@@ -206,9 +206,11 @@ class Rectifiable:
     decided; ``ref`` is a weak reference to x itself, which reports when the model lets go of x.
 
     ``in_place``: the ReLU ran in place over z (``Trace.relu_in_place``), so x is z's tensor, decided on after
-    the forward (x's memory is the producer's z: ``kept`` is None); ``relays``: the outputs of ops that took x
-    and route its elements unchanged (max pooling, reshaping), each with its own consumers (``produced`` unused
-    there), which count as proportional where every op that took them is."""
+    the forward (x's memory is the producer's z: ``kept`` is None). ``relays``: the outputs of ops that took x
+    and pass on its elements (max pooling, reshaping, see ``Trace.relay``), each an entry of its own with its
+    consumers and ``root``, the entry of x (``produced`` and ``takers`` unused there); they count as
+    proportional where every op that took them is. ``pending``: how many of x and the relays' outputs the model
+    still holds (a ReLU out of place is decided on when none)."""
 
     ref: weakref.ref
     kept: Tensor | None
@@ -218,6 +220,8 @@ class Rectifiable:
     takers: list[LinearRecord] = field(default_factory=list)
     in_place: bool = False
     relays: list[Rectifiable] = field(default_factory=list)
+    root: Rectifiable | None = None
+    pending: int = 1
 
 
 class Normalized(NamedTuple):
