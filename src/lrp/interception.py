@@ -328,8 +328,7 @@ class Trace(TorchFunctionMode):
             relay = self.relays.pop(key, None)
             if relay is not None:
                 self._let_go(relay.root)
-        relay = Rectifiable(weakref.ref(y, None if root.in_place else released), None, entry.produced,
-                            in_place=root.in_place, root=root)
+        relay = Rectifiable(weakref.ref(y, None if root.in_place else released), None, entry.produced, root=root)
         root.pending += 1
         self.relays[key] = relay
         entry.relays.append(relay)

@@ -208,8 +208,8 @@ class Rectifiable:
     ``in_place``: the ReLU ran in place over z (``Trace.relu_in_place``), so x is z's tensor, decided on after
     the forward (x's memory is the producer's z: ``kept`` is None). ``relays``: the outputs of ops that took x
     and pass on its elements (max pooling, reshaping, see ``Trace.relay``), each an entry of its own with its
-    consumers and ``root``, the entry of x (``produced`` and ``takers`` unused there); they count as
-    proportional where every op that took them is. ``pending``: how many of x and the relays' outputs the model
+    consumers and ``root``, the entry of x (``produced``, ``takers`` and ``in_place`` unused there); they count
+    as proportional where every op that took them is. ``pending``: how many of x and the relays' outputs the model
     still holds (a ReLU out of place is decided on when none)."""
 
     ref: weakref.ref
