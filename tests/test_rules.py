@@ -187,6 +187,27 @@ def test_gamma_explains_negative_outputs():
     assert not torch.allclose(ours, as_positive, rtol=1e-3)
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["signed-input", "nonneg-input"])
+def test_gamma_passes_nothing_through_outputs_that_are_exactly_zero(signed: bool):
+    """An output with z = 0 belongs to neither branch: relevance that reaches it stops there, also where one
+    denominator and one division serve both signs of z (non-negative input)."""
+    layer, shape = _layer("dense", seed=2)
+    with torch.no_grad():
+        layer.weight[0] = 0.0
+        layer.bias[0] = 0.0  # output 0 is exactly zero for every input
+    x = random_input(shape, seed=7, signed=signed)
+    with torch.no_grad():
+        z = layer(x)
+    assert (z[:, 0] == 0).all() and (z[:, 1:] > 0).any() and (z[:, 1:] < 0).any()
+    relevance = random_input(tuple(z.shape), seed=8)
+    rule = rules.Gamma(0.3)
+    ours = _ours(layer, rule, x, relevance)
+    assert_relevance_close(ours, reference_relevance(rule, layer, x, relevance))
+    without_zero_output = relevance.clone()
+    without_zero_output[:, 0] = 0.0
+    assert_relevance_close(ours, _ours(layer, rule, x, without_zero_output))
+
+
 def _bounds(values: list[float]) -> Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
