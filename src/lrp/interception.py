@@ -385,9 +385,10 @@ class Trace(TorchFunctionMode):
         (:func:`~lrp.rules.takes_rectified_output`), the same numbers: ε divides by ``x + ε``
         (:func:`~lrp.layers.divide_rectified`), γ skips splitting the relevance by the sign of z. In both
         cases the producer and the linear ops that took x keep x, and z is freed: a pass fewer per layer that
-        took x (it need not make x again), and one or two more per ε or γ producer (ResNet-50 with ε: the first
-        two convolutions of every bottleneck and every residual sum). Otherwise x is let go of, and z kept as
-        before. Decided once (``kept`` is None afterwards); ``ends``: the ids of the model's outputs."""
+        took x (it need not make x again), and one or two more per ε or γ producer (ResNet-50 written with ReLUs
+        out of place, under ε: the stem, the first two convolutions of every bottleneck and every residual sum;
+        with in-place ReLUs see :meth:`relu_in_place`). Otherwise x is let go of, and z kept as before. Decided
+        once (``kept`` is None afterwards); ``ends``: the ids of the model's outputs."""
         kept, entry.kept = entry.kept, None
         produced = entry.produced
         record, batch_norm = produced.record, produced.batch_norm
