@@ -375,7 +375,7 @@ class Gamma(Rule):
         where_positive(s_up, z, s_up)
         del q, g, z
         layer.release("z", "weight")
-        if all_zero(s_down):  # ReLU networks: usually no relevance reaches outputs z <= 0
+        if all_zero(s_down):  # no relevance reached outputs z < 0 (as after a ReLU whose decision was negative)
             del s_down
             return layer.transpose(s_up, torch.add(w_pos, weight, alpha=1 / gamma, out=w_pos)).mul_(x)
         w_up = layer.modified(_added_to(w_pos, 1 / gamma), scaled=inverse is None)
