@@ -363,20 +363,18 @@ class Gamma(Rule):
         :meth:`LayerCall.inverse_scale`). A rectified z needs none of this (:meth:`_rectified_output`)."""
         if layer.z_rectified:
             return self._rectified_output(layer, relevance)
-        gamma, x, z = self.gamma, layer.x, layer.z
+        gamma, x = self.gamma, layer.x
         inverse = layer.inverse_scale()
         weight = layer.weight if inverse is None else layer.raw_weight
         w_pos = layer.modified(_positive, scaled=inverse is None)
         q = _forward_shifted(layer, x, w_pos, _positive, self.stabilizer / gamma, inverse)
-        g = torch.nn.functional.leaky_relu(z, -(1 + gamma))
+        g = torch.nn.functional.leaky_relu(layer.z, -(1 + gamma))
         _plus_scaled(q, g, _scaled_like(layer, 1.0, inverse), alpha=1 / gamma, out=q)
-        s_up = torch.div(relevance, q.clamp_min_(_scaled_like(layer, self.stabilizer / gamma, inverse)), out=q)
-        s_down = where_negative(s_up, z, g)
-        where_positive(s_up, z, s_up)
-        del q, g, z
+        s = torch.div(relevance, q.clamp_min_(_scaled_like(layer, self.stabilizer / gamma, inverse)), out=q)
+        s_up, s_down = _split_by_sign(s, layer, up=s, down=g)
+        del q, g, s
         layer.release("z", "weight")
-        if all_zero(s_down):  # no relevance reached outputs z < 0 (as after a ReLU whose decision was negative)
-            del s_down
+        if s_down is None:  # no relevance reached outputs z < 0 (as after a ReLU whose decision was negative)
             return layer.transpose(s_up, torch.add(w_pos, weight, alpha=1 / gamma, out=w_pos)).mul_(x)
         w_up = layer.modified(_added_to(w_pos, 1 / gamma), scaled=inverse is None)
         w_down = torch.add(w_pos, weight, alpha=-(1 + 1 / gamma), out=w_pos)
@@ -418,14 +416,16 @@ def _added_to(base: Tensor, factor: float) -> Callable[[Tensor, Tensor | None], 
     return lambda w, out: torch.add(base, w, alpha=factor, out=out)
 
 
-def _split_by_sign(relevance: Tensor, layer: LayerCall) -> tuple[Tensor, Tensor | None]:
-    """The relevance of the layer's outputs z > 0 and of its outputs z < 0 (outputs z = 0 pass nothing); the
-    second is None when no relevance reaches outputs z < 0. A rectified z (``relu(z)``, see ``Trace.rectify``)
-    says so without a look, and the first is then ``relevance`` itself."""
+def _split_by_sign(values: Tensor, layer: LayerCall, up: Tensor | None = None,
+                   down: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``values`` (shaped like the layer's output: its relevance, or a quotient) at the outputs z > 0 and at
+    the outputs z < 0 (outputs z = 0 pass nothing), as new tensors or written into ``up`` (``values`` itself
+    included) and ``down``; the second is None when nothing reaches outputs z < 0. A rectified z (``relu(z)``,
+    see ``Trace.rectify``) says so without a look, and the first is then ``values`` itself."""
     if layer.z_rectified:
-        return relevance, None
-    r_down = where_negative(relevance, layer.z)
-    return where_positive(relevance, layer.z), (None if all_zero(r_down) else r_down)
+        return values, None
+    at_negative = where_negative(values, layer.z, down)  # before ``up`` may overwrite ``values``
+    return where_positive(values, layer.z, up), (None if all_zero(at_negative) else at_negative)
 
 
 class ZBox(Rule):
