@@ -40,6 +40,7 @@ from .nodes import (
     unfold,
 )
 from .rules import Rule, ignores_output, proportional_to_input, takes_rectified_output
+from .workspace import Workspace
 
 __all__ = ["Trace"]
 
@@ -99,6 +100,7 @@ class Trace(TorchFunctionMode):
         # per-sample sums), so that the op receiving it unchanged (through a ReLU) need not sum it again
         self._handed_on: dict[int, tuple[weakref.ref, int, Tensor]] = {}
         self._rule_names: dict[int, str] = {}  # id(rule) -> repr(rule); the composite keeps the rules alive
+        self.workspace = Workspace()  # modified weights, one layer call's at a time (the backward runs them in turn)
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> Trace:

@@ -558,7 +558,8 @@ class LayerCall:
     is zero wherever it is (see :func:`divide_rectified`); z_rounded: z is a 16-bit layer's output widened to
     float32 (:meth:`in_float32`), so a small difference of z and another sum has lost its digits. ``weight``
     and ``bias`` are the effective parameters, folded on first use. Modified weights are written into
-    ``workspace`` when there is one (the blocks of :meth:`row_blocks` share one).
+    ``workspace`` when there is one: the trace's, shared by the layer calls of one explanation, which the
+    backward runs one at a time; the blocks of :meth:`row_blocks` share one of their own.
     """
 
     linear_map: LinearMap

@@ -109,7 +109,7 @@ class LinearRecord:
         source, activation = (self.x, None) if self.x_source is None else (self.x_source.source,
                                                                             self.x_source.activation)
         layer = LayerCall(self.linear_map, source, self.z, self.weight, self.bias, self.folded, activation,
-                          z_rectified=self.z_rectified, scale_positive=self.scale_positive)
+                          self.trace.workspace, z_rectified=self.z_rectified, scale_positive=self.scale_positive)
         if self.remake is not None:  # the same op (and folded BatchNorm) on the same input: the same numbers
             layer.z = self.remake(layer.x)
         return layer
