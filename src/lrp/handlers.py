@@ -40,6 +40,7 @@ from .nodes import (
     RecordFunction,
     SumFunction,
     SumRecord,
+    entry_of,
     pass_through,
 )
 
@@ -185,8 +186,8 @@ def _batch_norm(trace: Trace, func, op: str, args: tuple, kwargs: dict) -> Tenso
     else:  # made with the others after the forward pass (see canonizers.running_affines)
         detached = [None if a[k] is None else a[k].detach() for k in ("running_mean", "running_var", "weight", "bias")]
         trace.defer_affine(record, RunningStatistics(*detached, eps, x.dtype))
-    entry = trace.foldable.get(id(x))
-    folded = entry is not None and entry.ref() is x and entry.consumers == 1  # x feeds only this BatchNorm so far
+    entry = entry_of(trace.foldable, x)
+    folded = entry is not None and entry.consumers == 1  # x feeds only this BatchNorm so far
     if folded:
         record.fold_into(entry.producer)
         entry.batch_norm = record

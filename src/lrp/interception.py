@@ -36,6 +36,7 @@ from .nodes import (
     Rectifiable,
     ReLUInPlaceFunction,
     SumRecord,
+    entry_of,
     per_sample,
     unfold,
 )
@@ -222,17 +223,16 @@ class Trace(TorchFunctionMode):
         """Count uses of foldable outputs (unfolding a BatchNorm whose input is used twice) and
         refuse normalised outputs (softmax) used inside the network."""
         for tensor in tensors:
-            key = id(tensor)
-            entry = self.foldable.get(key)
-            if entry is not None and entry.ref() is tensor:
+            entry = entry_of(self.foldable, tensor)
+            if entry is not None:
                 entry.consumers += 1
                 if entry.batch_norm is not None and entry.batch_norm.producer is not None:
                     unfold(entry, tensor)
             for table in (self.produced, self.rectifiable, self.relays):
-                counted = table.get(key)
-                if counted is not None and counted.ref() is tensor:
+                counted = entry_of(table, tensor)
+                if counted is not None:
                     counted.consumers += 1
-            superseded = self.superseded.get(key)
+            superseded = self.superseded.get(id(tensor))
             if superseded is not None and superseded() is tensor:
                 raise UnsupportedOperationError(
                     f"{op} in {self.describe()} uses a tensor after an in-place op changed it. While "
@@ -240,8 +240,8 @@ class Trace(TorchFunctionMode):
                     f"so use the in-place op's result (y = F.relu(x, inplace=True); x += y) instead of "
                     f"relying on its side effect"
                 )
-            normalized = self.normalized.get(key)
-            if normalized is not None and normalized.ref() is tensor and not normalized.allowed_inside:
+            normalized = entry_of(self.normalized, tensor)
+            if normalized is not None and not normalized.allowed_inside:
                 raise UnsupportedOperationError(
                     f"{normalized.op} in {normalized.where} is used inside the network (by {op} in "
                     f"{self.describe()}): LRP has no rule for a softmax that is not the model's last op"
@@ -250,8 +250,7 @@ class Trace(TorchFunctionMode):
     def source_of(self, x: Tensor) -> Recomputable | None:
         """How to recompute ``x`` when it is an activation's output (see :class:`~lrp.nodes.Recomputable`),
         else None."""
-        entry = self.recomputable.get(id(x))
-        return entry if entry is not None and entry.ref() is x else None
+        return entry_of(self.recomputable, x)
 
     def produce(self, z: Tensor, record: LinearRecord | SumRecord, batch_norm: BatchNormRecord | None = None,
                 batch_norm_input: weakref.ref | None = None, remake: Callable[[Tensor], Tensor] | None = None) -> None:
@@ -265,8 +264,7 @@ class Trace(TorchFunctionMode):
     def produced_by(self, z: Tensor) -> Produced | None:
         """The entry of ``z`` when a rule that can take ``relu(z)`` in its place or never reads z made it, else
         None."""
-        entry = self.produced.get(id(z))
-        return entry if entry is not None and entry.ref() is z else None
+        return entry_of(self.produced, z)
 
     def taken_by(self, x: Tensor, record: LinearRecord | None, rule: Rule) -> None:
         """An op explained with ``rule`` (its record, or None for a sum) took ``x``: where x is a watched ReLU
@@ -279,11 +277,8 @@ class Trace(TorchFunctionMode):
 
     def _watched(self, x: Tensor) -> Rectifiable | None:
         """The entry of ``x`` when it is a watched ReLU output or an op's output that relays one's elements."""
-        for table in (self.rectifiable, self.relays):
-            entry = table.get(id(x))
-            if entry is not None and entry.ref() is x:
-                return entry
-        return None
+        entry = entry_of(self.rectifiable, x)
+        return entry if entry is not None else entry_of(self.relays, x)
 
     def relu_in_place(self, z: Tensor) -> Tensor | None:
         """``relu_(z)`` in place, as the model asked, where z's old values are not needed or can be made again:
@@ -449,9 +444,9 @@ class Trace(TorchFunctionMode):
         Called once, after the forward pass: makes the deferred BatchNorm maps (:meth:`defer_affine`) and forgets
         the normalised outputs (see ``_forget_forward``)."""
         self._make_affines()
-        normalized = self.normalized.get(id(output))
+        normalized = entry_of(self.normalized, output)
         self.normalized.clear()
-        logits = normalized.logits if normalized is not None and normalized.ref() is output else output
+        logits = output if normalized is None else normalized.logits
         self.rectify(output, logits)
         return logits
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ __all__ = [
     "Rectifiable",
     "SumFunction",
     "SumRecord",
+    "entry_of",
     "pass_through",
     "per_sample",
     "unfold",
@@ -70,6 +71,17 @@ class Recomputable(NamedTuple):
     ref: weakref.ref
     source: Tensor
     activation: Activation
+
+
+Entry = TypeVar("Entry")
+
+
+def entry_of(table: dict[int, Entry], tensor: Tensor) -> Entry | None:
+    """``table``'s entry for ``tensor``, or None. The trace's tables are keyed by ``id``, which a new tensor may
+    take over once this one is freed, so an entry counts only while its weak reference ``ref`` still points
+    at ``tensor``."""
+    entry = table.get(id(tensor))
+    return entry if entry is not None and entry.ref() is tensor else None
 
 
 def _apply_rule(rule: Rule, layer: LayerCall, relevance: Tensor) -> Tensor:
