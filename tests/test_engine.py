@@ -523,7 +523,7 @@ def test_batch_norm_folded_into_linear_layer(layers: Callable, shape: tuple) -> 
     # folded: one epsilon step on x -> bn(producer(x)), an affine map with weight a·W, bias a·b + c
     steps = [(RULE, lambda t: _bn_affine(bn, producer(t))), (PASS, nn.ReLU()), (GRAD, nn.Flatten()), (RULE, head)]
     expected, _, _ = reference(steps, x)
-    expl = lrp.explain(model, x)
+    expl = lrp.explain(model, x, conservation=True)
     close(expl.relevance, expected)
     assert len(expl.conservation()) == 2  # no separate BatchNorm row
 
@@ -643,7 +643,7 @@ def test_batch_norm_after_relu_is_its_own_affine_layer() -> None:
     steps = [(RULE, conv), (PASS, nn.ReLU()), (RULE, lambda t: _bn_affine(bn, t)), (GRAD, nn.Flatten()),
              (RULE, model[4])]
     expected, _, _ = reference(steps, x)
-    expl = lrp.explain(model, x)
+    expl = lrp.explain(model, x, conservation=True)
     close(expl.relevance, expected)
     assert [row.op for row in expl.conservation()] == ["conv2d", "batch_norm", "linear"]
 
@@ -668,7 +668,7 @@ def test_aten_level_batch_norm_is_folded_like_the_module() -> None:
     _randomize_batch_norm(model.bn)
     x = torch.randn(3, 2, 4, 4, dtype=DT)
     module_chain = nn.Sequential(model.conv, model.bn, nn.ReLU(), nn.Flatten(), model.fc).eval()
-    expl = lrp.explain(model, x, composite="epsilon-plus")
+    expl = lrp.explain(model, x, composite="epsilon-plus", conservation=True)
     close(expl.relevance, lrp.explain(module_chain, x, composite="epsilon-plus").relevance)
     assert [row.op for row in expl.conservation()] == ["conv2d", "linear"]
 
@@ -949,7 +949,7 @@ def test_conservation_table() -> None:
     torch.manual_seed(0)
     model = ResBlockNet().to(DT)
     x = torch.randn(2, 2, 4, 4, dtype=DT)
-    expl = lrp.explain(model, x)
+    expl = lrp.explain(model, x, conservation=True)
     rows = expl.conservation()
     assert [(row.layer, row.op) for row in rows] == [
         ("conv1", "conv2d"), ("conv2", "conv2d"), ("<model>", "add_"), ("fc", "linear")]
@@ -967,6 +967,42 @@ def test_conservation_table() -> None:
     assert all(bool((row.absorbed.abs() > 1e-8).all()) for row in (rows[0], rows[1], rows[3]))
 
 
+def test_conservation_table_is_recorded_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = ResBlockNet().to(DT)
+    x = torch.randn(2, 2, 4, 4, dtype=DT)
+    recorded = lrp.explain(model, x, composite="epsilon-plus", conservation=True)
+
+    def no_sums(t: Tensor) -> Tensor:
+        raise AssertionError("summed relevance for a table nobody asked for")
+    monkeypatch.setattr(interception, "per_sample", no_sums)
+    expl = lrp.explain(model, x, composite="epsilon-plus")
+    assert torch.equal(expl.relevance, recorded.relevance)
+    assert expl.rows is None
+    with pytest.raises(ValueError, match=r"no conservation table.*conservation=True"):
+        expl.conservation()
+    with pytest.raises(ValueError, match="no conservation table"):  # the gradient methods record none
+        lrp.methods.gradient(model, x).conservation()
+
+
+class _NaNEpsilon(Epsilon):
+    """ε whose relevance is NaN: a rule gone wrong, for the non-finite error."""
+
+    def relevance(self, layer: LayerCall, relevance: Tensor) -> Tensor:
+        return super().relevance(layer, relevance) * float("nan")
+
+
+def test_non_finite_relevance_names_the_op_that_made_it_when_the_table_is_recorded() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)).to(DT)
+    composite = lrp.Composite(by_type={nn.Linear: Epsilon()}, by_name={"2": _NaNEpsilon()})
+    x = torch.randn(3, 5, dtype=DT)
+    with pytest.raises(NonFiniteError, match=r"first at 2: linear with _NaNEpsilon"):
+        lrp.explain(model, x, composite=composite, conservation=True)
+    with pytest.raises(NonFiniteError, match=r"explain with conservation=True to find the first op"):
+        lrp.explain(model, x, composite=composite)
+
+
 def _skip_share(model: ResBlockNet, x: Tensor, expl: lrp.Explanation) -> Tensor:
     """Per-sample relevance the residual sum gives to the skip connection (reference)."""
     with torch.no_grad():
@@ -979,7 +1015,7 @@ def _skip_share(model: ResBlockNet, x: Tensor, expl: lrp.Explanation) -> Tensor:
 
 def test_conservation_rows_without_bias_absorb_nothing() -> None:
     model, x = _mlp(bias=False), torch.randn(3, 5, dtype=DT)
-    expl = lrp.explain(model, x, composite="zero")
+    expl = lrp.explain(model, x, composite="zero", conservation=True)
     rows = expl.conservation()
     assert [(row.layer, row.op) for row in rows] == [("0", "linear"), ("2", "linear")]
     close(rows[0].relevance_out, rows[1].relevance_in)
@@ -1387,7 +1423,7 @@ def test_explanation_leaves_no_reference_cycles(model: str, composite: str, para
     gc.collect()
     gc.disable()
     try:
-        expl = lrp.explain(net, x, composite=composite, keep_layers=keep_layers, **params)
+        expl = lrp.explain(net, x, composite=composite, keep_layers=keep_layers, conservation=True, **params)
         expl.conservation()
         del expl
         assert gc.collect() == 0

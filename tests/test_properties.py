@@ -229,7 +229,7 @@ def test_absorbed_relevance_accounts_for_every_loss(net: tuple[Net, Tensor], com
     # relevance is lost only where a stabiliser divides (bias-free): Σ absorbed == logit − Σ R_in,
     # and every LRP-0 row absorbs nothing
     model, x = net
-    expl = lrp.explain(model, x, composite=composite)
+    expl = lrp.explain(model, x, composite=composite, conservation=True)
     logit = expl.prediction.gather(1, expl.target[:, None])[:, 0]
     lost = logit - expl.relevance.reshape(len(x), -1).sum(1)
     rows = expl.conservation()

@@ -387,7 +387,7 @@ def test_conservation_rows_chain(model_name: str, composite: str):
     seeded(7)
     model = factory().double().eval()
     x = random_input(shape, seed=12)
-    expl = lrp.explain(model, x, target=[0, 1, 2], composite=composite)
+    expl = lrp.explain(model, x, target=[0, 1, 2], composite=composite, conservation=True)
     rows = expl.conservation()
     weighted = sum(isinstance(m, (nn.Linear, nn.Conv2d, nn.AvgPool2d)) for m in model.modules())
     assert len(rows) == weighted

@@ -20,15 +20,21 @@ class Explanation:
     target:     the explained classes, LongTensor (N,) or (N, K).
     layers:     with ``keep_layers=True``, relevance entering every leaf module, by module name in
                 execution order (a module called twice appears as ``name``, ``name#2``).
+    rows:       with ``conservation=True``, the conservation table (see :meth:`conservation`); else None.
     """
 
     relevance: Tensor
     prediction: Tensor
     target: Tensor
     layers: OrderedDict[str, Tensor] = field(default_factory=OrderedDict)
-    rows: list[ConservationRow] = field(default_factory=list, repr=False)
+    rows: list[ConservationRow] | None = field(default=None, repr=False)
 
     def conservation(self) -> list[ConservationRow]:
         """Per explained op, in execution order: relevance out and in per sample, and what the bias
-        and stabiliser absorbed. ``print(*expl.conservation(), sep="\\n")`` shows a table."""
+        and stabiliser absorbed. ``print(*expl.conservation(), sep="\\n")`` shows a table. Recorded by LRP
+        when asked for (``lrp.explain(..., conservation=True)``, or the explainer's call); raises
+        ``ValueError`` otherwise."""
+        if self.rows is None:
+            raise ValueError("this explanation has no conservation table: LRP records it when asked for, "
+                             "lrp.explain(model, x, ..., conservation=True) or explainer(x, ..., conservation=True)")
         return sorted(self.rows, key=lambda row: row.index)

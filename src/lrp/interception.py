@@ -72,7 +72,8 @@ class Trace(TorchFunctionMode):
     explained output) may run after it has exited.
     """
 
-    def __init__(self, model: nn.Module, composite: Composite, strict: bool = True, keep_layers: bool = False):
+    def __init__(self, model: nn.Module, composite: Composite, strict: bool = True, keep_layers: bool = False,
+                 conservation: bool = False):
         super().__init__()
         self.model = model
         self.composite = composite
@@ -82,7 +83,7 @@ class Trace(TorchFunctionMode):
         self.stack: list[nn.Module] = [model]
         self.first_pending = bool(composite.first)
         self.counter = 0
-        self.rows: list[ConservationRow] = []
+        self.rows: list[ConservationRow] | None = [] if conservation else None
         self.layers: OrderedDict[str, Tensor | None] = OrderedDict()
         self.fallbacks: list[str] = []
         self.normalized: dict[int, Normalized] = {}
@@ -196,6 +197,10 @@ class Trace(TorchFunctionMode):
         return rule
 
     def log(self, record, relevance_out: Tensor, relevance_in: Tensor | list[Tensor]) -> None:
+        """A row of the conservation table for ``record``'s op, when the table was asked for: the relevance
+        it received and the relevance it returned (one tensor, or one per input), summed per sample."""
+        if self.rows is None:
+            return
         inputs = relevance_in if isinstance(relevance_in, list) else [relevance_in]
         sums = [per_sample(r) for r in inputs]
         total_in = sum(sums[1:], sums[0])  # no 0 + tensor: one op less per logged op
