@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(options.threads)
     model, x = build(options.model, options.batch, quick=options.quick)
     target = model(x).argmax(1)
+    composites = options.composites.split(",")
     runs: dict[str, Callable[[], object]] = {"gradient×input": lambda: _gradient_x_input(model, x, target)}
-    for composite in options.composites.split(","):
+    for composite in composites:
         params = _composite_params(composite, x)
         runs[composite] = (lambda composite=composite, params=params:
                            lrp.explain(model, x, target, composite=composite, **params))
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{options.profiled} profiled calls each; gradient×input {base * 1000:.0f} ms, of which layer kernels "
           f"{kernel_share(runs['gradient×input'], options.profiled):.2f}")
     print(f"{'composite':22s} {'time':>6s} {'kernels':>8s} {'rest':>6s} {'target':>7s} {'left for rest':>14s}")
-    for composite in options.composites.split(","):
+    for composite in composites:
         ratio = medians[composite] / base
         floor = ratio * kernel_share(runs[composite], options.profiled)
         goal = TARGETS.get(composite)
