@@ -24,6 +24,7 @@ CASES = {
     "2d-strided": ((2, 3, 23, 17), (4, 3, 3, 2), (2, 1), (1, 2), (1, 1), 1, ()),
     "2d-dilated": ((2, 4, 23, 17), (6, 2, 3, 3), (2, 2), (2, 1), (2, 1), 2, ()),
     "2d-same-even": ((1, 3, 20, 11), (5, 3, 4, 2), (1, 1), (1, 0), (1, 1), 1, (1, 1)),
+    "2d-pointwise-strided": ((2, 3, 9, 8), (4, 3, 1, 1), (2, 3), (0, 0), (1, 1), 1, ()),
     "3d": ((1, 2, 13, 9, 8), (3, 2, 3, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), 1, ()),
 }
 
@@ -234,6 +235,16 @@ def test_where_positive_and_where_negative_split_by_strict_sign() -> None:
     values = torch.arange(1.0, 7.0, dtype=DT)
     assert layers.where_positive(values, sign_source).tolist() == [0, 0, 0, 0, 5, 6]
     assert layers.where_negative(values, sign_source).tolist() == [1, 2, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("where", [None, 0, 5, -1])
+@pytest.mark.parametrize("value", [1e-30, -2.0, float("nan")])
+def test_all_zero_finds_a_single_non_zero_anywhere(where: int | None, value: float) -> None:
+    t = torch.zeros(3, 8 * layers.HEAD_ELEMENTS + 7)  # larger than the head that is looked at first
+    if where is not None:
+        t.view(-1)[where] = value
+    assert layers.all_zero(t) is (where is None)
+    assert layers.all_zero(t.t()) is (where is None)  # not contiguous: read whole
 
 
 def test_times_relu_equals_multiplying_by_the_relu_output_in_place() -> None:

@@ -60,6 +60,9 @@ BLOCK_WEIGHT_BYTES_ON_GPU = 32 * 2**20
 """The same bound on other devices, where fewer blocks mean fewer kernel launches; not tuned there."""
 
 
+HEAD_ELEMENTS = 1 << 14
+"""Elements that :func:`all_zero` reads first in a large CPU tensor (64 KiB of float32)."""
+
 DIVIDE_CHUNK = 1 << 20
 """Elements per chunk of the in-place stabilised division (:func:`divide_`) of CPU tensors of more than
 eight chunks, so that its ε·sign temporary stays chunk-sized instead of as large as the tensor. Measured
@@ -166,9 +169,20 @@ def where_negative(values: Tensor, sign_source: Tensor, out: Tensor | None = Non
 def all_zero(t: Tensor) -> bool:
     """Whether every entry of ``t`` is 0 (not for a NaN), from one reduction that finds both extremes: on the
     CPU about four times faster than ``t.any()`` or ``torch.equal`` (6.4 M float32 values, 2 threads: 1.9
-    against 8.5 and 5.2 ms)."""
+    against 8.5 and 5.2 ms). A large contiguous CPU tensor is first looked at in its first ``HEAD_ELEMENTS``:
+    where anything is non-zero (γ's relevance at the negative outputs of ResNet-50's residual branches, every
+    time), that answers without reading the rest: 0.11 against 1.6 ms for 6.4 M values (batch 8's first stage),
+    0.08 against 0.17 ms for 0.8 M (batch 1's)."""
     if t.numel() == 0:
         return True
+    if t.device.type == "cpu" and t.numel() > 8 * HEAD_ELEMENTS and t.is_contiguous() and \
+            not _extremes_zero(t.view(-1)[:HEAD_ELEMENTS]):
+        return False
+    return _extremes_zero(t)
+
+
+def _extremes_zero(t: Tensor) -> bool:
+    """Whether the smallest and the largest entry of ``t`` (not empty) are both 0."""
     low, high = torch.aminmax(t)
     return bool((low == 0) & (high == 0))
 
