@@ -230,6 +230,25 @@ def test_row_blocks_share_a_workspace_for_modified_weights(monkeypatch) -> None:
     torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_row_blocks_look_at_the_input_sign_once(signed: bool, monkeypatch) -> None:
+    """The blocks share the input, so the one reduction that finds a negative entry runs for the call, not per
+    block; αβ then takes the path for that sign in every block, and the sum equals the whole call."""
+    monkeypatch.setattr(layers, "BLOCK_WEIGHT_BYTES", 8 * 5 * 2)  # 10-row weight: blocks of one row
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 5, dtype=DT, generator=generator) - (0.5 if signed else 0.0)
+    weight = torch.randn(10, 5, dtype=DT, generator=generator)
+    rule, relevance = lrp.rules.AlphaBeta(2.0, 1.0), torch.randn(2, 10, dtype=DT, generator=generator)
+    whole = rule.relevance(layers.LayerCall(layers.Dense(), x, x @ weight.T, weight, None), relevance)
+    reductions = []
+    amin = torch.amin
+    monkeypatch.setattr(torch, "amin", lambda *args, **kwargs: reductions.append(1) or amin(*args, **kwargs))
+    blocks = layers.LayerCall(layers.Dense(), x, x @ weight.T, weight, None).row_blocks()
+    summed = sum(rule.relevance(block, relevance[..., rows]) for rows, block in blocks)
+    assert len(reductions) == 1 and all(block.input_negative is signed for _, block in blocks)
+    torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)
+
+
 def test_where_positive_and_where_negative_split_by_strict_sign() -> None:
     sign_source = torch.tensor([-2.0, -1e-300, -0.0, 0.0, 1e-300, 3.0], dtype=DT)
     values = torch.arange(1.0, 7.0, dtype=DT)

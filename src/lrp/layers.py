@@ -596,7 +596,8 @@ class LayerCall:
     raw_weight / raw_bias: the layer's own parameters (bias may be None); folded: (scale, shift) (C_out,)
     of a BatchNorm folded into the call; z_rectified: z holds ``relu(z)``, and the relevance of the output
     is zero wherever it is (see :func:`divide_rectified`); z_rounded: z is a 16-bit layer's output widened to
-    float32 (:meth:`in_float32`), so a small difference of z and another sum has lost its digits. ``weight``
+    float32 (:meth:`in_float32`), so a small difference of z and another sum has lost its digits;
+    input_negative: whether x has a negative entry, where known (:meth:`input_has_negative`). ``weight``
     and ``bias`` are the effective parameters, folded on first use. Modified weights are written into
     ``workspace`` when there is one: the trace's, shared by the layer calls of one explanation, which the
     backward runs one at a time; the blocks of :meth:`row_blocks` share one of their own.
@@ -613,6 +614,7 @@ class LayerCall:
     z_rectified: bool = False
     z_rounded: bool = False
     scale_positive: bool | None = None
+    input_negative: bool | None = None
     _modified_count: int = field(default=0, init=False, repr=False)
 
     def in_float32(self) -> LayerCall:
@@ -621,7 +623,8 @@ class LayerCall:
         folded = None if self.folded is None else (widened(self.folded[0]), widened(self.folded[1]))
         return LayerCall(self.linear_map, widened(self.source), widened(self.z), widened(self.raw_weight),
                          widened(self.raw_bias), folded, self.activation, self.workspace, self.z_rectified,
-                         z_rounded=self.z.dtype in HALF_PRECISION, scale_positive=self.scale_positive)
+                         z_rounded=self.z.dtype in HALF_PRECISION, scale_positive=self.scale_positive,
+                         input_negative=self.input_negative)
 
     @cached_property
     def x(self) -> Tensor:
@@ -650,10 +653,11 @@ class LayerCall:
 
     def input_has_negative(self) -> bool:
         """Whether x has a negative entry (else every ``x⁻`` term of a rule is exactly 0); False without
-        looking when x is a ReLU's output."""
-        if self.activation is not None and self.activation.non_negative:
-            return False
-        return bool(torch.amin(self.x) < 0)
+        looking when x is a ReLU's output. Looked at once per call: its row blocks are told."""
+        if self.input_negative is None:
+            self.input_negative = not (self.activation is not None and self.activation.non_negative) and \
+                bool(torch.amin(self.x) < 0)
+        return self.input_negative
 
     def release(self, *names: str) -> None:
         """Let go of the output ``"z"`` (it reads None afterwards) or of the folded copy of ``"weight"``
@@ -689,14 +693,14 @@ class LayerCall:
         rows = None if self.raw_weight is None else self.linear_map.block_rows(self.raw_weight)
         if rows is None:
             return None
-        blocks, workspace = [], Workspace()
+        blocks, workspace, negative = [], Workspace(), self.input_has_negative()
         for start in range(0, self.raw_weight.shape[0], rows):
             part = slice(start, start + rows)
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
             blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
                                            folded, self.activation, workspace, self.z_rectified,
-                                           scale_positive=self.scale_positive)))
+                                           scale_positive=self.scale_positive, input_negative=negative)))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:
