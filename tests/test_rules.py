@@ -21,6 +21,7 @@ from torch import Tensor
 
 import lrp
 from lrp import composites as families
+from lrp import layers
 from lrp import rules
 
 from conftest import assert_relevance_close, make_mlp, random_input, seeded
@@ -293,6 +294,27 @@ def test_alpha_beta_one_sided_neurons_follow_zennit_by_default():
     expected = 2 * torch.tensor([[1 / 5, 4 / 5]], dtype=torch.float64) * 3 \
         - torch.tensor([[1 / 7, 6 / 7]], dtype=torch.float64) * 7
     torch.testing.assert_close(ours, expected, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("conserve_one_sided", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_alpha_beta_derives_the_negative_part_of_a_signed_input_from_z(monkeypatch, bias: bool,
+                                                                      conserve_one_sided: bool):
+    """With signed inputs, N = z − P takes no layer call of its own; one-sided neurons are found by exact zeros,
+    so ``conserve_one_sided`` computes N. Either way the relevance equals the matrix reference."""
+    layer, shape = _layer("conv2d-dilated")
+    x = random_input(shape, seed=3, signed=True)
+    with torch.no_grad():
+        relevance = random_input(tuple(layer(x).shape), seed=4)
+    calls = []
+    forward_pair = layers.LayerCall.forward_pair
+    monkeypatch.setattr(layers.LayerCall, "forward_pair", lambda *args: calls.append(1) or forward_pair(*args))
+    rule = rules.AlphaBeta(2.0, 1.0, bias=bias, conserve_one_sided=conserve_one_sided)
+    ours = _ours(layer, rule, x, relevance)
+    assert len(calls) == (2 if conserve_one_sided else 1)
+    if not conserve_one_sided:
+        reference = reference_relevance(rule, layer, x, relevance.reshape(shape[0], -1)).reshape(x.shape)
+        assert_relevance_close(ours, reference)
 
 
 def test_alpha_beta_conserve_one_sided_matches_default_on_two_sided_neurons():

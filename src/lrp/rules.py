@@ -215,14 +215,15 @@ class AlphaBeta(Rule):
         negative = None
         if signed:
             positive = layer.forward_pair(x_pos, w_pos, x_neg, w_neg)
+            if self.bias:
+                positive.add_(layer.bias_term(_positive))
             if need_negative:
-                negative = layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
+                negative = self._signed_negative(layer, positive, x_pos, x_neg, w_pos, w_neg)
         else:  # one-sided neurons are found by exact zeros: both parts are computed, neither derived
             positive = layer.forward(x, w_pos)
             negative = layer.forward(x, w_neg)
-        if self.bias:
-            positive.add_(layer.bias_term(_positive))
-            if negative is not None:
+            if self.bias:
+                positive.add_(layer.bias_term(_positive))
                 negative.add_(layer.bias_term(_negative))
 
         alpha: Tensor | float = self.alpha
@@ -242,6 +243,22 @@ class AlphaBeta(Rule):
             s_neg = _scaled(divide_(relevance, negative, self.stabilizer, -1), beta)
             result.sub_(_spread(layer, s_neg, w_neg, w_pos, x_pos, x_neg))
         return result
+
+    def _signed_negative(self, layer: LayerCall, positive: Tensor, x_pos: Tensor, x_neg: Tensor, w_pos: Tensor,
+                         w_neg: Tensor) -> Tensor:
+        """The negative part ``N = W⁻x⁺ + W⁺x⁻ (+ b⁻)`` of a layer with signed input, given the positive part P
+        (with ``b⁺`` where the rule keeps the bias). ``P + N = Wx + b = z``, so it is ``z − P`` (``− b`` without the
+        bias), one pass instead of a layer call, clamped to at most 0 (which only rounding could cross): the first
+        layer of a network on normalised images, 8×3×224×224 into ResNet-50's 7×7 stem: 5–14 against 57 ms. Made by a
+        layer call where z has lost its digits (a 16-bit layer's) or one-sided neurons are found by exact zeros
+        (``conserve_one_sided``). A rectified z (``relu(z)``) differs from z only at outputs no relevance reaches."""
+        if layer.z is None or layer.z_rounded or self.conserve_one_sided:
+            negative = layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
+            return negative.add_(layer.bias_term(_negative)) if self.bias else negative
+        negative = torch.sub(layer.z, positive)
+        if not self.bias:
+            negative.sub_(layer.bias_term())
+        return negative.clamp_max_(0)
 
     def _non_negative_input(self, layer: LayerCall, relevance: Tensor) -> Tensor:
         """x ≥ 0 (after a ReLU, or an image): ``P = W⁺x + b⁺ ≥ 0`` and ``N = W⁻x + b⁻ ≤ 0``, so the
