@@ -66,6 +66,21 @@ def test_chunked_transpose_of_a_channels_last_input_keeps_its_layout(case: str, 
     assert transposed.stride(1) == 1
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_strided_transpose_on_the_grid_equals_pytorchs_strided_one(layout) -> None:
+    """A 1×1 convolution with strides (2, 3) on a 9×8 input reads rows 0, 2, 4, 6, 8 and columns 0, 3, 6: its
+    transpose, made unstrided on that grid, equals PyTorch's own strided one (zeros elsewhere, column 7
+    included) and keeps a channels-last input's layout."""
+    conv, x, weight = _conv("2d-pointwise-strided")
+    x = x.contiguous(memory_format=layout)
+    assert conv._reads_grid(x, weight)
+    s = torch.randn_like(conv.forward(x, weight))
+    reference = torch.nn.grad.conv2d_input(x.shape, weight, s, stride=conv.stride)
+    transposed = conv.transpose(s, weight, x)
+    torch.testing.assert_close(transposed, reference, rtol=1e-12, atol=1e-12)
+    assert transposed.is_contiguous(memory_format=layout)
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 600])
 @pytest.mark.parametrize("case", CASES)
 def test_transpose_is_the_adjoint_of_forward(case: str, chunk_bytes: int | None, monkeypatch) -> None:
