@@ -212,19 +212,10 @@ class AlphaBeta(Rule):
         w_neg = layer.modified(_negative) if signed or need_negative else None
         layer.release("weight")
 
-        negative = None
-        if signed:
-            positive = layer.forward_pair(x_pos, w_pos, x_neg, w_neg)
-            if self.bias:
-                positive.add_(layer.bias_term(_positive))
-            if need_negative:
-                negative = self._signed_negative(layer, positive, x_pos, x_neg, w_pos, w_neg)
-        else:  # one-sided neurons are found by exact zeros: both parts are computed, neither derived
-            positive = layer.forward(x, w_pos)
-            negative = layer.forward(x, w_neg)
-            if self.bias:
-                positive.add_(layer.bias_term(_positive))
-                negative.add_(layer.bias_term(_negative))
+        positive = layer.forward_pair(x_pos, w_pos, x_neg, w_neg) if signed else layer.forward(x, w_pos)
+        if self.bias:
+            positive.add_(layer.bias_term(_positive))
+        negative = self._negative_part(layer, positive, x_pos, x_neg, w_pos, w_neg) if need_negative else None
 
         alpha: Tensor | float = self.alpha
         beta: Tensor | float = self.beta
@@ -244,16 +235,18 @@ class AlphaBeta(Rule):
             result.sub_(_spread(layer, s_neg, w_neg, w_pos, x_pos, x_neg))
         return result
 
-    def _signed_negative(self, layer: LayerCall, positive: Tensor, x_pos: Tensor, x_neg: Tensor, w_pos: Tensor,
-                         w_neg: Tensor) -> Tensor:
-        """The negative part ``N = W⁻x⁺ + W⁺x⁻ (+ b⁻)`` of a layer with signed input, given the positive part P
-        (with ``b⁺`` where the rule keeps the bias). ``P + N = Wx + b = z``, so it is ``z − P`` (``− b`` without the
-        bias), one pass instead of a layer call, clamped to at most 0 (which only rounding could cross): the first
-        layer of a network on normalised images, 8×3×224×224 into ResNet-50's 7×7 stem: 5–14 against 57 ms. Made by a
-        layer call where z has lost its digits (a 16-bit layer's) or one-sided neurons are found by exact zeros
-        (``conserve_one_sided``). A rectified z (``relu(z)``) differs from z only at outputs no relevance reaches."""
+    def _negative_part(self, layer: LayerCall, positive: Tensor, x_pos: Tensor, x_neg: Tensor | None, w_pos: Tensor,
+                       w_neg: Tensor) -> Tensor:
+        """The negative part ``N = W⁻x⁺ + W⁺x⁻ (+ b⁻)``, given the positive part P (with ``b⁺`` where the rule keeps
+        the bias); ``x_neg`` None for a non-negative input, which comes here only with ``conserve_one_sided``.
+        ``P + N = Wx + b = z``, so it is ``z − P`` (``− b`` without the bias), one pass instead of a layer call,
+        clamped to at most 0 (which only rounding could cross): the first layer of a network on normalised images,
+        8×3×224×224 into ResNet-50's 7×7 stem: 5–14 against 57 ms. Made by a layer call where z has lost its digits
+        (a 16-bit layer's) or one-sided neurons are found by exact zeros (``conserve_one_sided``: both parts
+        computed, neither derived). A rectified z (``relu(z)``) differs from z only at outputs no relevance
+        reaches."""
         if layer.z is None or layer.z_rounded or self.conserve_one_sided:
-            negative = layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
+            negative = layer.forward(x_pos, w_neg) if x_neg is None else layer.forward_pair(x_pos, w_neg, x_neg, w_pos)
             return negative.add_(layer.bias_term(_negative)) if self.bias else negative
         negative = torch.sub(layer.z, positive)
         if not self.bias:
