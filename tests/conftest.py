@@ -6,7 +6,12 @@ seeded generator, so that tests are reproducible and comparisons are not limited
 from __future__ import annotations
 
 import copy
+import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
 import pytest
@@ -23,6 +28,26 @@ from zennit.torchvision import ResNetCanonizer
 
 import lrp
 from lrp import interception, rules
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python benchmarks/<script> *args`` with the source tree on the path, from the repository root; output
+    captured as text."""
+    root = BENCHMARKS.parent
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], check=False, capture_output=True,
+                          text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, timeout=300)
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported (with that directory on the path while it imports its siblings)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
 
 RELATIVE_TOLERANCE = 1e-6
 """Largest accepted ``max|ours - ref| / max|ref|`` for float64 comparisons."""

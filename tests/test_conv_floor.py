@@ -1,23 +1,15 @@
 """benchmarks/conv_floor.py (how much of each composite's time its layer kernels take) runs end to end, and its
 kernel share counts the layer kernels and nothing else."""
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import benchmark_module, run_benchmark
 
 
 def test_conv_floor_prints_one_row_per_composite():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "conv_floor.py"), "--model", "paper", "--quick", "--repeats", "1",
-         "--profiled", "1", "--threads", "1", "--composites", "epsilon,alpha1-beta0"],
-        check=False, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        timeout=300,
-    )
+    done = run_benchmark("conv_floor.py", "--model", "paper", "--quick", "--repeats", "1", "--profiled", "1",
+                         "--threads", "1", "--composites", "epsilon,alpha1-beta0")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert re.match(r"paper batch 1, 1 threads, 1 rounds, 1 profiled calls each; gradient×input \d+ ms, of which "
@@ -32,11 +24,7 @@ def test_conv_floor_prints_one_row_per_composite():
 
 
 def test_kernel_share_counts_matrix_products_and_not_element_wise_ops():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from conv_floor import kernel_share
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    kernel_share = benchmark_module("conv_floor").kernel_share
     a = torch.randn(256, 256)
     assert kernel_share(lambda: (a + 1).exp_().mul_(2), 1) == 0.0
     assert kernel_share(lambda: [torch.mm(a, a) for _ in range(20)], 1) > 0.5

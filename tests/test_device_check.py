@@ -1,22 +1,14 @@
 """The device check (benchmarks/device_check.py), which a session with a GPU runs: it works end to end here
 with the CPU standing in for the device, and its verdicts fail where they should."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_check.py"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def device_check():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("device_check")  # in sys.modules, where its dataclass looks its module up
 
 
 def test_cpu_as_the_device_passes_and_reports_every_model(device_check, tmp_path, capsys):

@@ -1,22 +1,18 @@
 """benchmarks/engine_ab.py (the A/B of two engine versions) runs end to end on toy models."""
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import benchmark_module, run_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git history")
 def test_engine_ab_times_a_commit_against_the_working_tree():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "engine_ab.py"), "HEAD", "--model", "paper", "--quick",
-         "--repeats", "1", "--threads", "1", "--composites", "epsilon,alpha1-beta0"],
-        check=False, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=300,
-    )
+    done = run_benchmark("engine_ab.py", "HEAD", "--model", "paper", "--quick", "--repeats", "1", "--threads", "1",
+                         "--composites", "epsilon,alpha1-beta0")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["paper batch 1 epsilon", "paper batch 1 alpha1-beta0"]
@@ -26,11 +22,7 @@ def test_engine_ab_times_a_commit_against_the_working_tree():
 
 def test_timed_rounds_start_each_round_one_callable_later():
     """The order rotates from round to round, so that no version always runs right after the other."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from engine_ab import timed_rounds
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    timed_rounds = benchmark_module("engine_ab").timed_rounds
     calls: list[str] = []
     runs = {name: (lambda name=name: calls.append(name)) for name in ("gradient", "old", "new")}
     times = timed_rounds(runs, 4)
