@@ -24,6 +24,7 @@ CASES = {
     "2d-strided": ((2, 3, 23, 17), (4, 3, 3, 2), (2, 1), (1, 2), (1, 1), 1, ()),
     "2d-dilated": ((2, 4, 23, 17), (6, 2, 3, 3), (2, 2), (2, 1), (2, 1), 2, ()),
     "2d-same-even": ((1, 3, 20, 11), (5, 3, 4, 2), (1, 1), (1, 0), (1, 1), 1, (1, 1)),
+    "1d-pointwise": ((3, 5, 11), (4, 5, 1), (1,), (0,), (1,), 1, ()),
     "2d-pointwise-strided": ((2, 3, 9, 8), (4, 3, 1, 1), (2, 3), (0, 0), (1, 1), 1, ()),
     "3d": ((1, 2, 13, 9, 8), (3, 2, 3, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), 1, ()),
 }
@@ -79,6 +80,34 @@ def test_pointwise_strided_transpose_on_the_grid_equals_pytorchs_strided_one(lay
     transposed = conv.transpose(s, weight, x)
     torch.testing.assert_close(transposed, reference, rtol=1e-12, atol=1e-12)
     assert transposed.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_layer_runs_as_matrix_products_equal_to_pytorchs_convolution(layout) -> None:
+    """A 1×1 convolution without stride of a contiguous input runs as one matrix product per sample, forward and
+    transposed (two pairs summed in the second product); a channels-last input takes oneDNN's layer and keeps its
+    layout. Both equal PyTorch's convolution and its input gradient."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 6, 7, dtype=DT, generator=generator).contiguous(memory_format=layout)
+    weight, other = torch.randn(2, 4, 5, 1, 1, dtype=DT, generator=generator)
+    bias = torch.randn(4, dtype=DT, generator=generator)
+    conv = Convolution((1, 1), (0, 0), (1, 1), 1)
+    assert conv._is_matrix_product(x, weight) == (layout == torch.contiguous_format)
+    torch.testing.assert_close(conv.forward(x, weight, bias), F.conv2d(x, weight, bias), rtol=1e-12, atol=1e-12)
+    s, t = torch.randn(2, 3, 4, 6, 7, dtype=DT, generator=generator)
+    reference = torch.nn.grad.conv2d_input(x.shape, weight, s) + torch.nn.grad.conv2d_input(x.shape, other, t)
+    summed = conv.transpose_sum([(s, weight), (t, other)], x)
+    torch.testing.assert_close(summed, reference, rtol=1e-12, atol=1e-12)
+    assert summed.is_contiguous(memory_format=layout)
+
+
+def test_pointwise_layer_of_a_large_batch_with_a_large_weight_stays_with_onednn() -> None:
+    """The products read the weight once per sample: ResNet-50's last stage at batch 8 (2048×512 on 7×7 positions)
+    stays with oneDNN, at batch 1 it does not."""
+    conv, weight = Convolution((1, 1), (0, 0), (1, 1), 1), torch.empty(2048, 512, 1, 1)
+    assert not conv._is_matrix_product(torch.empty(8, 512, 7, 7), weight)
+    assert conv._is_matrix_product(torch.empty(1, 512, 7, 7), weight)
+    assert conv._is_matrix_product(torch.empty(8, 512, 28, 28), weight)
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 600])

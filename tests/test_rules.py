@@ -119,6 +119,7 @@ LAYERS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv1d-strided-padded": (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 2, 7)),
     "conv2d-dilated": (lambda: nn.Conv2d(2, 3, 2, dilation=2, padding=1), (2, 2, 5, 4)),
     "conv2d-grouped-strided": (lambda: nn.Conv2d(4, 4, 3, stride=2, groups=2), (2, 4, 5, 5)),
+    "conv2d-pointwise": (lambda: nn.Conv2d(3, 4, 1), (2, 3, 5, 8)),
     "conv2d-pointwise-strided": (lambda: nn.Conv2d(3, 4, 1, stride=(2, 3)), (2, 3, 5, 8)),
     "conv3d": (lambda: nn.Conv3d(2, 2, 2, padding=(1, 0, 0)), (2, 2, 3, 3, 3)),
     "conv2d-same-even": (lambda: nn.Conv2d(2, 3, (2, 3), padding="same"), (2, 2, 4, 5)),
