@@ -391,7 +391,7 @@ class Convolution(LinearMap):
 
     def _is_matrix_product(self, x: Tensor, weight: Tensor) -> bool:
         """Whether this is a pointwise convolution (kernel 1 in every spatial dimension) without stride, padding or
-        groups, whose rule products with ``x`` run as matrix products (see :func:`_products_pay`)."""
+        groups whose forward and transpose on ``x`` run as matrix products (see :func:`_products_pay`)."""
         return (not self.transposed and self.groups == 1 and all(k == 1 for k in weight.shape[2:])
                 and all(step == 1 for step in self.stride) and not any(self.padding) and not any(self.extra_padding)
                 and _products_pay(x, weight))
@@ -405,7 +405,6 @@ class Convolution(LinearMap):
             transposed = _channel_matrix(weight).t().expand(x.shape[0], -1, -1)
             s = s.reshape(*s.shape[:2], -1)
             result = torch.bmm(transposed, s) if result is None else result.baddbmm_(transposed, s)
-            del s, weight, transposed
         return result.view(x.shape)
 
     def _reads_grid(self, x: Tensor, weight: Tensor) -> bool:
