@@ -389,11 +389,16 @@ class Convolution(LinearMap):
             self.groups, [True, False, False],
         )[0]
 
+    def _is_pointwise(self, weight: Tensor) -> bool:
+        """Whether this is a convolution (not transposed) with kernel 1 in every spatial dimension and no padding:
+        each output reads the input channels at one position."""
+        return (not self.transposed and all(k == 1 for k in weight.shape[2:]) and not any(self.padding)
+                and not any(self.extra_padding))
+
     def _is_matrix_product(self, x: Tensor, weight: Tensor) -> bool:
-        """Whether this is a pointwise convolution (kernel 1 in every spatial dimension) without stride, padding or
-        groups whose forward and transpose on ``x`` run as matrix products (see :func:`_products_pay`)."""
-        return (not self.transposed and self.groups == 1 and all(k == 1 for k in weight.shape[2:])
-                and all(step == 1 for step in self.stride) and not any(self.padding) and not any(self.extra_padding)
+        """Whether this is a pointwise convolution without stride or groups whose forward and transpose on ``x``
+        run as matrix products (see :func:`_products_pay`)."""
+        return (self._is_pointwise(weight) and self.groups == 1 and all(step == 1 for step in self.stride)
                 and _products_pay(x, weight))
 
     def _transpose_products(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
@@ -411,8 +416,7 @@ class Convolution(LinearMap):
         """Whether this is a pointwise convolution (kernel 1 in every spatial dimension, no padding) with a
         stride, on the CPU: each output reads one input position, and the inputs it reads form a grid of every
         ``stride``-th position. (ResNet's downsampling shortcuts.)"""
-        return (x.device.type == "cpu" and not self.transposed and any(step > 1 for step in self.stride)
-                and not any(self.padding) and not any(self.extra_padding) and all(k == 1 for k in weight.shape[2:]))
+        return x.device.type == "cpu" and any(step > 1 for step in self.stride) and self._is_pointwise(weight)
 
     def _transpose_on_grid(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
         """:meth:`transpose_sum` of a pointwise convolution with a stride (see :meth:`_reads_grid`): the sum of the
