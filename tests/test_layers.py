@@ -239,6 +239,37 @@ def test_rules_release_the_layer_output_before_transposing(rule, monkeypatch) ->
     torch.testing.assert_close(with_spy, lrp.explain(model, x, composite=composite).relevance)
 
 
+@pytest.mark.parametrize("rule", [lrp.rules.ZPlus(), lrp.rules.AlphaBeta(1.0, 0.0)], ids=repr)
+def test_z_plus_releases_the_layer_output_before_its_layer_call(rule, monkeypatch) -> None:
+    """z⁺ on a non-negative input reads neither z nor the folded weight: both are freed before its own layer call
+    ``W⁺x`` makes a tensor of z's size. (The paper's model, ``epsilon-plus``: a live peak of 791 instead of 1011
+    MiB.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.LazyLinear(2)).double()
+    x = torch.randn(2, 2, 9, 9, dtype=DT)
+    model(x)
+    outputs = {}
+    original_call, original_forward = lrp.nodes.LinearRecord.layer_call, Convolution.forward
+
+    def remember(record):
+        call = original_call(record)
+        outputs[id(call.source)] = weakref.ref(call.z)
+        return call
+
+    def spy(self, x, weight, bias=None):
+        if id(x) in outputs:
+            outputs.setdefault("alive", []).append(outputs[id(x)]() is not None)
+        return original_forward(self, x, weight, bias)
+
+    monkeypatch.setattr(lrp.nodes.LinearRecord, "layer_call", remember)
+    monkeypatch.setattr(Convolution, "forward", spy)
+    composite = lrp.Composite(by_type={lrp.composites.Convolution: rule, lrp.composites.Dense: lrp.rules.Epsilon()})
+    with_spy = lrp.explain(model, x, composite=composite).relevance
+    assert outputs["alive"][0] is False  # the second convolution: its input is a ReLU's output
+    monkeypatch.undo()
+    torch.testing.assert_close(with_spy, lrp.explain(model, x, composite=composite).relevance)
+
+
 def test_layer_call_release_names_what_it_can_release() -> None:
     conv, x, weight = _conv("1d")
     call = layers.LayerCall(conv, x, conv.forward(x, weight), weight, None)

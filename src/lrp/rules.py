@@ -264,10 +264,11 @@ class AlphaBeta(Rule):
         x = layer.x
         inverse = layer.inverse_scale() if self.bias else None
         w_pos = layer.modified(_positive, scaled=inverse is None)
+        if self.beta == 0:  # z⁺ reads neither z nor the weight again: both freed before its layer call
+            layer.release("weight", "z")
         positive = _forward_shifted(layer, x, w_pos, _positive if self.bias else None, self.stabilizer, inverse)
         floor = _scaled_like(layer, self.stabilizer, inverse)
         if self.beta == 0:
-            layer.release("weight", "z")
             s_pos = divide_scaled(relevance, positive.clamp_min_(floor), self.alpha)
             del positive
             return layer.transpose(s_pos, w_pos).mul_(x)
