@@ -342,18 +342,21 @@ class MaxPoolFunction(Function):
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
         ctx.pool = (dims, kernel, stride, padding, dilation, ceil_mode)
-        ctx.input = (x.shape, None if x.is_contiguous() else x.stride(), x.dtype, x.device)
+        ctx.input = (x.shape, x.stride(), x.is_contiguous(), x.dtype, x.device)
         return out, indices
 
     @staticmethod
     def backward(ctx, relevance: Tensor, _):
         (indices,) = ctx.saved_tensors
         dims, kernel, stride, padding, dilation, ceil_mode = ctx.pool
-        shape, strides, dtype, device = ctx.input
-        # only its shape and layout are read: a contiguous stand-in is one element broadcast, allocating nothing
-        # (the paper's model under epsilon-gamma-box: a live peak of 889 instead of 914 MiB)
-        stand_in = torch.empty((), dtype=dtype, device=device).expand(shape) if strides is None else \
-            torch.empty_strided(shape, strides, dtype=dtype, device=device)
+        shape, strides, contiguous, dtype, device = ctx.input
+        # The CPU kernels read only the stand-in's shape and layout: a contiguous one is one element broadcast,
+        # allocating nothing (the paper's model, epsilon-gamma-box: a live peak of 889 instead of 914 MiB). CUDA's
+        # may make their input contiguous, which would copy a broadcast one.
+        if contiguous and device.type == "cpu":
+            stand_in = torch.empty((), dtype=dtype, device=device).expand(shape)
+        else:
+            stand_in = torch.empty_strided(shape, strides, dtype=dtype, device=device)
         backward = torch.ops.aten.max_pool2d_with_indices_backward if dims == 2 else \
             torch.ops.aten.max_pool3d_with_indices_backward
         return (backward(relevance, stand_in, kernel, stride, padding, dilation, ceil_mode, indices),
