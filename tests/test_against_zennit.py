@@ -157,6 +157,32 @@ def test_dense_layers_explained_block_by_block_match_zennit(monkeypatch, models,
     assert_relevance_close(ours, reference)
 
 
+@pytest.mark.parametrize("composite, params", COMPOSITES, ids=[name for name, _ in COMPOSITES])
+@pytest.mark.parametrize("model_name, signed, layout", [("cnn2d", True, "contiguous"), ("cnn2d", False, "channels-last"),
+                                                        ("resnet18", True, "contiguous"), ("cnn3d", False, "contiguous")])
+def test_convolutions_explained_sample_by_sample_match_zennit(monkeypatch, models, model_name: str, signed: bool,
+                                                              layout: str, composite: str, params: dict):
+    """CPU convolutions with large activations (VGG-16's first layers at batch 8) are explained in blocks of samples
+    (LayerCall.sample_blocks); with both bounds lowered every convolution here is, one sample per block, and the
+    blocks' relevance is assembled in the input's shape and layout."""
+    monkeypatch.setattr(lrp.layers, "SAMPLE_SPLIT_BYTES", 0)
+    monkeypatch.setattr(lrp.layers, "SAMPLE_BLOCK_BYTES", 1)
+    split = []
+    original = lrp.layers.LayerCall.sample_blocks
+    monkeypatch.setattr(lrp.layers.LayerCall, "sample_blocks", lambda layer: split.append(original(layer)) or split[-1])
+    model, x = models[model_name], random_input((3, *MODELS[model_name][1][1:]), signed=signed)
+    if layout == "channels-last":
+        x = x.to(memory_format=torch.channels_last)
+    if composite == "epsilon-gamma-box":
+        params = {**params, **_bounds(signed)}
+    ours = lrp.explain(model, x, composite=composite, **params).relevance
+    reference = zennit_relevance(model, x, zennit_composite(composite, canonizers_for(model), **params))
+    assert_relevance_close(ours, reference)
+    assert any(blocks is not None and len(blocks) == 3 for blocks in split)
+    if layout == "channels-last":
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_zero_rule_without_bias_matches_zennit_epsilon_zero():
     # tanh keeps every hidden unit alive, so no bias-free denominator W x is exactly zero
     model, x = make_mlp(seed=3, bias=False, activation=nn.Tanh), random_input((3, 12))

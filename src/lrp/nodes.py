@@ -132,7 +132,17 @@ class LinearRecord:
         # in one piece when the rule reads the weight once, unless a 16-bit call would widen all of it to float32
         whole = self.rule.reads_weight_once() and relevance.dtype not in HALF_PRECISION
         blocks = None if whole else layer.row_blocks()
-        if blocks is None:
+        samples = layer.sample_blocks() if blocks is None else None
+        if samples is not None:
+            source = layer.source  # x's shape and layout, for the assembled relevance
+            del layer  # each block holds what it needs
+            result = None
+            for part, block in samples:
+                share = _apply_rule(self.rule, block, relevance[part])
+                if result is None:
+                    result = torch.empty_like(source, dtype=share.dtype)
+                result[part] = share
+        elif blocks is None:
             result = _apply_rule(self.rule, layer, relevance)
         else:
             del layer  # each block holds what it needs
