@@ -158,8 +158,9 @@ def test_dense_layers_explained_block_by_block_match_zennit(monkeypatch, models,
 
 
 @pytest.mark.parametrize("composite, params", COMPOSITES, ids=[name for name, _ in COMPOSITES])
-@pytest.mark.parametrize("model_name, signed, layout", [("cnn2d", True, "contiguous"), ("cnn2d", False, "channels-last"),
-                                                        ("resnet18", True, "contiguous"), ("cnn3d", False, "contiguous")])
+@pytest.mark.parametrize("model_name, signed, layout", [
+    ("cnn2d", True, "contiguous"), ("cnn2d", False, "channels-last"), ("resnet18", True, "contiguous"),
+    ("cnn3d", False, "contiguous")])
 def test_convolutions_explained_sample_by_sample_match_zennit(monkeypatch, models, model_name: str, signed: bool,
                                                               layout: str, composite: str, params: dict):
     """CPU convolutions with large activations (VGG-16's first layers at batch 8) are explained in blocks of samples
@@ -169,7 +170,8 @@ def test_convolutions_explained_sample_by_sample_match_zennit(monkeypatch, model
     monkeypatch.setattr(lrp.layers, "SAMPLE_BLOCK_BYTES", 1)
     split = []
     original = lrp.layers.LayerCall.sample_blocks
-    monkeypatch.setattr(lrp.layers.LayerCall, "sample_blocks", lambda layer: split.append(original(layer)) or split[-1])
+    monkeypatch.setattr(lrp.layers.LayerCall, "sample_blocks",
+                        lambda layer: split.append(original(layer)) or split[-1])
     model, x = models[model_name], random_input((3, *MODELS[model_name][1][1:]), signed=signed)
     if layout == "channels-last":
         x = x.to(memory_format=torch.channels_last)
