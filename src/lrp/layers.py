@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from typing import NamedTuple
 
@@ -770,9 +770,8 @@ class LayerCall:
             part = slice(start, start + rows)
             folded = None if self.folded is None else (self.folded[0][part], self.folded[1][part])
             bias = None if self.raw_bias is None else self.raw_bias[part]
-            blocks.append((part, LayerCall(self.linear_map, self.source, self.z[..., part], self.raw_weight[part], bias,
-                                           folded, self.activation, workspace, self.z_rectified,
-                                           scale_positive=self.scale_positive, input_negative=negative)))
+            blocks.append((part, replace(self, z=self.z[..., part], raw_weight=self.raw_weight[part], raw_bias=bias,
+                                         folded=folded, workspace=workspace, input_negative=negative)))
         return blocks
 
     def sample_blocks(self) -> list[tuple[slice, LayerCall]] | None:
@@ -792,10 +791,7 @@ class LayerCall:
         blocks = []
         for start in range(0, batch, per_block):
             part = slice(start, start + per_block)
-            z = None if self.z is None else self.z[part]
-            blocks.append((part, LayerCall(self.linear_map, self.source[part], z, self.raw_weight, self.raw_bias,
-                                           self.folded, self.activation, self.workspace, self.z_rectified,
-                                           self.z_rounded, self.scale_positive, self.input_negative)))
+            blocks.append((part, replace(self, source=self.source[part], z=None if self.z is None else self.z[part])))
         return blocks
 
     def inverse_scale(self) -> Tensor | None:
