@@ -92,7 +92,7 @@ def test_pointwise_layer_runs_as_matrix_products_equal_to_pytorchs_convolution(l
     weight, other = torch.randn(2, 4, 5, 1, 1, dtype=DT, generator=generator)
     bias = torch.randn(4, dtype=DT, generator=generator)
     conv = Convolution((1, 1), (0, 0), (1, 1), 1)
-    assert conv._is_matrix_product(x, weight) == (layout == torch.contiguous_format)
+    assert conv.is_matrix_product(x, weight) == (layout == torch.contiguous_format)
     torch.testing.assert_close(conv.forward(x, weight, bias), F.conv2d(x, weight, bias), rtol=1e-12, atol=1e-12)
     s, t = torch.randn(2, 3, 4, 6, 7, dtype=DT, generator=generator)
     reference = torch.nn.grad.conv2d_input(x.shape, weight, s) + torch.nn.grad.conv2d_input(x.shape, other, t)
@@ -101,13 +101,36 @@ def test_pointwise_layer_runs_as_matrix_products_equal_to_pytorchs_convolution(l
     assert summed.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("setting", ["contiguous", "channels-last", "autocast"])
+def test_models_own_pointwise_layer_runs_as_matrix_products_in_the_trace(monkeypatch, setting: str) -> None:
+    """The model's own call of a pointwise layer without stride runs as the rules' matrix products
+    (``Convolution.products``), the same layer up to rounding: the prediction is the model's output. A channels-last
+    input, or CPU autocast (which would run the two in different precisions), keeps the model's own layer."""
+    calls = []
+    products = Convolution.products
+    monkeypatch.setattr(Convolution, "products", staticmethod(lambda *a: calls.append(a[0].shape) or products(*a)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 1), nn.ReLU(), nn.Conv2d(5, 4, 1, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 7, 3)).eval()
+    if setting != "autocast":
+        model = model.double()
+    x = torch.rand(2, 3, 6, 7, dtype=DT if setting != "autocast" else torch.float32)
+    if setting == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", enabled=setting == "autocast"):
+        explanation = lrp.explain(model, x, composite="epsilon")  # ε never calls products in its backward
+        expected = model(x)
+    torch.testing.assert_close(explanation.prediction, expected, rtol=1e-12, atol=1e-12)
+    assert calls == ([(2, 3, 6, 7), (2, 5, 6, 7)] if setting == "contiguous" else [])
+
+
 def test_pointwise_layer_of_a_large_batch_with_a_large_weight_stays_with_onednn() -> None:
     """The products read the weight once per sample: ResNet-50's last stage at batch 8 (2048×512 on 7×7 positions)
     stays with oneDNN, at batch 1 it does not."""
     conv, weight = Convolution((1, 1), (0, 0), (1, 1), 1), torch.empty(2048, 512, 1, 1)
-    assert not conv._is_matrix_product(torch.empty(8, 512, 7, 7), weight)
-    assert conv._is_matrix_product(torch.empty(1, 512, 7, 7), weight)
-    assert conv._is_matrix_product(torch.empty(8, 512, 28, 28), weight)
+    assert not conv.is_matrix_product(torch.empty(8, 512, 7, 7), weight)
+    assert conv.is_matrix_product(torch.empty(1, 512, 7, 7), weight)
+    assert conv.is_matrix_product(torch.empty(8, 512, 28, 28), weight)
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 600])

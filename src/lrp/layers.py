@@ -336,11 +336,8 @@ class Convolution(LinearMap):
             self.output_padding = (0,) * len(self.stride)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        if self._is_matrix_product(x, weight):
-            result = torch.bmm(_channel_matrix(weight).expand(x.shape[0], -1, -1), x.view(*x.shape[:2], -1))
-            if bias is not None:
-                result.add_(bias.view(1, -1, 1))
-            return result.view(x.shape[0], weight.shape[0], *x.shape[2:])
+        if self.is_matrix_product(x, weight):
+            return self.products(x, weight, bias)
         if any(self.extra_padding):
             x = F.pad(x, [p for extra in reversed(self.extra_padding) for p in (0, extra)])
         return self._convolution(x, weight, self.padding, bias)
@@ -349,7 +346,7 @@ class Convolution(LinearMap):
         return self.transpose_sum([(s, weight)], x)
 
     def transpose_sum(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
-        if self._is_matrix_product(x, pairs[0][1]):
+        if self.is_matrix_product(x, pairs[0][1]):
             return self._transpose_products(pairs, x)
         if self._reads_grid(x, pairs[0][1]):
             return self._transpose_on_grid(pairs, x)
@@ -410,14 +407,23 @@ class Convolution(LinearMap):
         return (not self.transposed and all(k == 1 for k in weight.shape[2:]) and not any(self.padding)
                 and not any(self.extra_padding))
 
-    def _is_matrix_product(self, x: Tensor, weight: Tensor) -> bool:
+    def is_matrix_product(self, x: Tensor, weight: Tensor) -> bool:
         """Whether this is a pointwise convolution without stride or groups whose forward and transpose on ``x``
         run as matrix products (see :func:`_products_pay`)."""
         return (self._is_pointwise(weight) and self.groups == 1 and all(step == 1 for step in self.stride)
                 and _products_pay(x, weight))
 
+    @staticmethod
+    def products(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The forward of a pointwise layer (see :meth:`is_matrix_product`) as one matrix product per sample,
+        ``(C_out, C_in) @ (C_in, S)``: x (N, C_in, *S) -> (N, C_out, *S), contiguous."""
+        result = torch.bmm(_channel_matrix(weight).expand(x.shape[0], -1, -1), x.view(*x.shape[:2], -1))
+        if bias is not None:
+            result.add_(bias.view(1, -1, 1))
+        return result.view(x.shape[0], weight.shape[0], *x.shape[2:])
+
     def _transpose_products(self, pairs: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
-        """:meth:`transpose_sum` of a pointwise layer (see :meth:`_is_matrix_product`): ``Σ Wᵀ s`` per sample, the
+        """:meth:`transpose_sum` of a pointwise layer (see :meth:`is_matrix_product`): ``Σ Wᵀ s`` per sample, the
         second and later products added by the product itself; the list is emptied, each pair freed once used."""
         result = None
         while pairs:
