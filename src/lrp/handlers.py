@@ -149,19 +149,21 @@ def _convolution(transposed: bool):
         if isinstance(padding, str):
             padding, extra = _explicit_padding(padding, weight.shape[2:], dilation)
         linear_map = Convolution(stride, _tuple(padding, dims), dilation, groups, transposed, output_padding, extra)
-        if _runs_as_products(linear_map, x, weight):
+        if _runs_as_products(linear_map, x, weight, bias):
             func = _products_of(weight, bias)
         return _weighted(trace, func, op, args, kwargs, linear_map, families.Convolution, weight, bias)
     return handler
 
 
-def _runs_as_products(linear_map: Convolution, x: Tensor, weight: Tensor) -> bool:
+def _runs_as_products(linear_map: Convolution, x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether the model's own call of a pointwise layer runs as matrix products too, as the rules' layer calls
     do (:meth:`Convolution.is_matrix_product`): the same layer up to rounding, and faster than oneDNN's. ResNet-50's
     32 pointwise layers without stride at batch 1, each timed alone with 2 threads: 28 against 46 ms; its whole
     traced forward 121 against 129 ms. Not under autocast, which would run the two in different precisions, nor
-    where the weight's dtype is not the input's (the model's own layer then raises its own error)."""
-    return weight.dtype == x.dtype and not _autocast_on_cpu() and linear_map.is_matrix_product(x, weight)
+    where the weight or the bias differs from the input in dtype or device (the model's own layer then raises its
+    own error)."""
+    same = all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in (weight, bias))
+    return same and not _autocast_on_cpu() and linear_map.is_matrix_product(x, weight)
 
 
 def _autocast_on_cpu() -> bool:
