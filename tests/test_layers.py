@@ -124,6 +124,18 @@ def test_models_own_pointwise_layer_runs_as_matrix_products_in_the_trace(monkeyp
     assert calls == ([(2, 3, 6, 7), (2, 5, 6, 7)] if setting == "contiguous" else [])
 
 
+def test_models_pointwise_layer_with_a_bias_of_another_dtype_raises_the_models_own_error() -> None:
+    """A float32 bias in a float64 pointwise layer: the matrix products would add it silently, so the trace leaves
+    the call to the model's own layer, which raises."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2)).double().eval()
+    model[0].bias.data = model[0].bias.data.float()
+    x = torch.rand(1, 3, 5, 5, dtype=DT)
+    with pytest.raises(RuntimeError, match="bias type"):
+        model(x)
+    with pytest.raises(RuntimeError, match="bias type"):
+        lrp.explain(model, x)
+
+
 def test_pointwise_layer_of_a_large_batch_with_a_large_weight_stays_with_onednn() -> None:
     """The products read the weight once per sample: ResNet-50's last stage at batch 8 (2048×512 on 7×7 positions)
     stays with oneDNN, at batch 1 it does not."""
