@@ -121,6 +121,7 @@ LAYERS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv2d-grouped-strided": (lambda: nn.Conv2d(4, 4, 3, stride=2, groups=2), (2, 4, 5, 5)),
     "conv2d-pointwise": (lambda: nn.Conv2d(3, 4, 1), (2, 3, 5, 8)),
     "conv2d-pointwise-strided": (lambda: nn.Conv2d(3, 4, 1, stride=(2, 3)), (2, 3, 5, 8)),
+    "conv2d-grouped-padded": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), (2, 4, 6, 7)),
     "conv3d": (lambda: nn.Conv3d(2, 2, 2, padding=(1, 0, 0)), (2, 2, 3, 3, 3)),
     "conv2d-same-even": (lambda: nn.Conv2d(2, 3, (2, 3), padding="same"), (2, 2, 4, 5)),
     "convtranspose2d": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1), (2, 2, 3, 3)),
@@ -219,8 +220,10 @@ def _bounds(values: list[float]) -> Tensor:
     ("conv2d-grouped-strided", _bounds([-1.0, -2.0, -3.0, -0.5]), _bounds([1.0, 2.5, 0.5, 3.0])),
     ("conv2d-grouped-strided", _bounds([-1.0, -2.0, -3.0, -0.5]).view(1, 4, 1, 1),
      _bounds([1.0, 2.5, 0.5, 3.0]).view(1, 4, 1, 1)),
+    ("conv2d-grouped-padded", _bounds([-1.0, -2.0, -3.0, -0.5]), _bounds([1.0, 2.5, 0.5, 3.0])),
+    ("conv3d", _bounds([-1.0, -2.0]), _bounds([0.5, 3.0])),
     ("dense", _bounds([-1.0, -2.0, -3.0, -0.5, -1.5, -2.5, -1.0]), _bounds([1.0, 2.5, 0.5, 3.0, 1.0, 1.5, 2.0])),
-], ids=["conv-(C,)", "conv-(1,C,1,1)", "dense-(F,)"])
+], ids=["conv-(C,)", "conv-(1,C,1,1)", "padded-conv-(C,)", "padded-conv3d-(C,)", "dense-(F,)"])
 def test_zbox_per_channel_bounds(layer_name: str, low: Tensor, high: Tensor):
     layer, shape = _layer(layer_name)
     x = random_input(shape, seed=7)
