@@ -153,7 +153,7 @@ def test_constant_response_equals_the_layer_over_a_constant_input(case: str) -> 
     conv, x, weight = _conv(case)
     values = torch.randn(x.shape[1], dtype=DT, generator=torch.Generator().manual_seed(1))
     constant = values.view(1, -1, *([1] * (x.dim() - 2))).expand(x.shape).contiguous()
-    response = conv.constant_response(values, weight, x)
+    response = conv.constant_response([(values, weight)], x)
     expected = conv.forward(constant, weight)
     assert response.shape[:2] == (1, weight.shape[0])
     assert response.shape[2:] == (expected.shape[2:] if any(conv.padding) or any(conv.extra_padding)
@@ -161,15 +161,17 @@ def test_constant_response_equals_the_layer_over_a_constant_input(case: str) -> 
     torch.testing.assert_close(response.expand(expected.shape), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_constant_response_of_a_grouped_padded_layer_reads_each_groups_channels() -> None:
+def test_constant_response_of_a_grouped_padded_layer_sums_its_pairs_over_each_groups_channels() -> None:
     conv = Convolution((2, 1), (2, 1), (2, 1), 2)
     generator = torch.Generator().manual_seed(2)
     x, weight = torch.randn(1, 4, 9, 6, dtype=DT, generator=generator), torch.randn(6, 2, 3, 3, dtype=DT, generator=generator)
     values = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=DT)
     constant = values.view(1, -1, 1, 1).expand(x.shape).contiguous()
-    torch.testing.assert_close(conv.constant_response(values, weight, x), conv.forward(constant, weight),
-                               rtol=1e-12, atol=1e-12)
-    assert Convolution((1, 1), (0, 0), (1, 1), 1, transposed=True).constant_response(values, weight, x) is None
+    other = torch.randn(weight.shape, dtype=DT, generator=generator)
+    torch.testing.assert_close(conv.constant_response([(values, weight), (-values, other)], x),
+                               conv.forward(constant, weight) + conv.forward(-constant, other), rtol=1e-12, atol=1e-12)
+    transposed = Convolution((1, 1), (0, 0), (1, 1), 1, transposed=True)
+    assert transposed.constant_response([(values, weight)], x) is None
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 600])

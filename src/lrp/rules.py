@@ -478,11 +478,10 @@ class ZBox(Rule):
         x = layer.x
         low, high = _channel_values(self.low, x), _channel_values(self.high, x)
         if low is not None and high is not None:
-            pos = layer.linear_map.constant_response(low, w_pos, x)
-            neg = None if pos is None else layer.linear_map.constant_response(high, w_neg, x)
-            if neg is not None:
+            bounds = layer.linear_map.constant_response([(low, w_pos), (high, w_neg)], x)
+            if bounds is not None:
                 view = (1, -1, *([1] * (x.dim() - 2)))
-                return low.view(view), high.view(view), pos.add_(neg)
+                return low.view(view), high.view(view), bounds
         low, high = _bound_like(self.low, x), _bound_like(self.high, x)
         return low, high, layer.forward_pair(low, w_pos, high, w_neg)
 
