@@ -298,7 +298,8 @@ class Dense(LinearMap):
     def constant_response(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor | None:
         if x.dim() != 2:  # (N, ..., C_in) has its features last
             return None
-        return sum(weight @ values for values, weight in pairs)
+        first, *rest = [weight @ values for values, weight in pairs]
+        return sum(rest, first)
 
     def block_rows(self, weight: Tensor) -> int | None:
         row_bytes = weight.shape[1] * weight.element_size()
@@ -541,7 +542,8 @@ class Convolution(LinearMap):
         1.3–1.6 ms, ResNet-50's 7×7 stem 2.9–3.9 → 0.7–0.9 ms). None when transposed."""
         if self.transposed:
             return None
-        kernel = sum(self._channel_sum(values, weight) for values, weight in pairs)  # (C_out, *K)
+        first, *rest = [self._channel_sum(values, weight) for values, weight in pairs]
+        kernel = sum(rest, first)  # (C_out, *K); no 0 + tensor
         dims = len(self.stride)
         if not any(self.padding) and not any(self.extra_padding):
             return kernel.sum(dim=tuple(range(1, dims + 1))).view(1, -1, *([1] * dims))
