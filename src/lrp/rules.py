@@ -372,10 +372,10 @@ class Gamma(Rule):
         whose quotient is then split by the sign of z. Outputs z < 0 are explained through ``W + γW⁻ = M`` with
         ``M = leaky_relu(W, 1 + γ)``, their quotient taken −1/(1 + γ) times (on the quotient where it is smaller
         than the weight, else on M). Two modified weights, each made in one pass from W alone, where ``W⁺``,
-        ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W`` took three, the last two reading two weights each (ResNet-50's 20 layers
-        that feed a residual sum, 7.8 M weights, alone: 5.7 against 8.3 ms). With a folded BatchNorm of positive scale s, all of it is taken before the scale
-        (see :meth:`LayerCall.inverse_scale`). A rectified z needs none of the negative side
-        (:meth:`_rectified_output`)."""
+        ``W⁺ + W/γ`` and ``W⁺ − (1 + 1/γ)·W`` took three, the last two reading two weights each (ResNet-50's 20
+        layers that feed a residual sum, 7.8 M weights, alone: 5.7 against 8.3 ms). With a folded BatchNorm of
+        positive scale s, all of it is taken before the scale (see :meth:`LayerCall.inverse_scale`). A rectified
+        z needs none of the negative side (:meth:`_rectified_output`)."""
         if layer.z_rectified:
             return self._rectified_output(layer, relevance)
         slope = 1 / (1 + self.gamma)
