@@ -298,8 +298,7 @@ class Dense(LinearMap):
     def constant_response(self, pairs: Sequence[tuple[Tensor, Tensor]], x: Tensor) -> Tensor | None:
         if x.dim() != 2:  # (N, ..., C_in) has its features last
             return None
-        first, *rest = [weight @ values for values, weight in pairs]
-        return sum(rest, first)
+        return sum_taking(list(pairs), lambda values, weight: weight @ values)
 
     def block_rows(self, weight: Tensor) -> int | None:
         row_bytes = weight.shape[1] * weight.element_size()
@@ -542,8 +541,7 @@ class Convolution(LinearMap):
         1.3–1.6 ms, ResNet-50's 7×7 stem 2.9–3.9 → 0.7–0.9 ms). None when transposed."""
         if self.transposed:
             return None
-        first, *rest = [self._channel_sum(values, weight) for values, weight in pairs]
-        kernel = sum(rest, first)  # (C_out, *K); no 0 + tensor
+        kernel = sum_taking(list(pairs), self._channel_sum)  # (C_out, *K)
         dims = len(self.stride)
         if not any(self.padding) and not any(self.extra_padding):
             return kernel.sum(dim=tuple(range(1, dims + 1))).view(1, -1, *([1] * dims))
